@@ -1,0 +1,380 @@
+"""Command line: parse, load the config, call one function, print, return an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from asset_watcher import __version__
+from asset_watcher.config import Config, dump_json, load_config
+from asset_watcher.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, AssetWatcherError, ConfigError
+from asset_watcher.logs import setup_logging
+
+log = logging.getLogger("asset_watcher")
+
+# How long `scan` keeps retrying delivery before it exits 1 and leaves the rest queued,
+# in units of the request timeout.
+SCAN_PATIENCE_TIMEOUTS = 3
+
+
+def _common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument("-c", "--config", default=default, help="configuration file")
+    parser.add_argument(
+        "--log-format", choices=("text", "json"), default=default, help="log line format"
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        default=default,
+        help="least severe level logged",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asset-watcher",
+        description="Report files that land on this host to Dagster's External Assets API.",
+    )
+    parser.add_argument("--version", action="version", version=f"asset-watcher {__version__}")
+    _common_options(parser, None)
+    # The same options after the subcommand; SUPPRESS keeps them from hiding earlier ones.
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scan = commands.add_parser("scan", parents=[common], help="report new or changed files, once")
+    scan.add_argument(
+        "--dry-run", action="store_true", help="print what would be sent, change nothing"
+    )
+    scan.add_argument("--force", action="store_true", help="report unchanged files too")
+    scan.add_argument("--json", action="store_true", help="one JSON object per report on stdout")
+    scan.set_defaults(handler=cmd_scan)
+
+    check = commands.add_parser(
+        "check-config", parents=[common], help="validate and print the resolved configuration"
+    )
+    check.set_defaults(handler=cmd_check_config)
+
+    explain = commands.add_parser(
+        "explain", parents=[common], help="which rule owns each path, and what it would report"
+    )
+    explain.add_argument("paths", nargs="+", metavar="PATH")
+    explain.set_defaults(handler=cmd_explain)
+
+    status = commands.add_parser("status", parents=[common], help="tracked files and outbox state")
+    status.add_argument("--json", action="store_true", help="print a JSON object")
+    status.set_defaults(handler=cmd_status)
+
+    retry = commands.add_parser(
+        "retry-dead", parents=[common], help="requeue dead-lettered reports"
+    )
+    retry.set_defaults(handler=cmd_retry_dead)
+
+    report = commands.add_parser(
+        "report", parents=[common], help="send one report by hand, through the same reporter"
+    )
+    report.add_argument("event", choices=("materialization", "observation", "check"))
+    report.add_argument("--asset-key", required=True, help="key parts separated by '/'")
+    report.add_argument("--partition")
+    report.add_argument("--description")
+    report.add_argument("--data-version")
+    report.add_argument(
+        "--metadata",
+        action="append",
+        default=[],
+        metavar="KEY=TEXT|KEY:=JSON",
+        help="metadata entry; repeatable",
+    )
+    report.add_argument("--check-name", help="for `check`: the check's name")
+    verdict = report.add_mutually_exclusive_group()
+    verdict.add_argument("--passed", dest="passed", action="store_true", default=None)
+    verdict.add_argument("--failed", dest="passed", action="store_false")
+    report.add_argument("--severity", choices=("WARN", "ERROR"), default="ERROR")
+    report.set_defaults(handler=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level or "info", args.log_format or "text")
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"asset-watcher: {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except AssetWatcherError as exc:
+        print(f"asset-watcher: {exc}", file=sys.stderr)
+        return exc.exit_status
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `asset-watcher check-config | head`
+        sys.stderr.close()
+        return EXIT_OK
+
+
+def _load(args: argparse.Namespace, *, require_file: bool = True) -> Config:
+    config = load_config(args.config, require_file=require_file)
+    secrets = [config.token.get_secret_value()] if config.token else []
+    setup_logging(args.log_level or "info", args.log_format or "text", secrets)
+    return config
+
+
+# -- scan ---------------------------------------------------------------------------------
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    from asset_watcher.outbox import StateStore
+    from asset_watcher.rules import compile_rules
+    from asset_watcher.scan import scan
+
+    config = _load(args)
+    rules = compile_rules(config)
+    if not rules:
+        log.warning("no [[watch]] rules configured in %s; nothing to scan", config.source)
+    state_dir = config.state.resolved_directory()
+    if args.dry_run:
+        # Read what was reported before, hold no lock, write nothing.
+        exists = (state_dir / "state.sqlite3").exists()
+        store = StateStore(state_dir if exists else None, lock=False, create=False)
+    else:
+        store = StateStore(state_dir)
+    with store:
+        printer = _ReportPrinter(config, as_json=args.json, dry_run=args.dry_run)
+        progress = _progress_printer() if sys.stderr.isatty() and not args.json else None
+        result = scan(
+            rules, store, force=args.force, dry_run=args.dry_run, emit=printer, progress=progress
+        )
+        if progress is not None:
+            print(file=sys.stderr)
+        summary = (
+            f"{result.files_seen} files seen, {result.reported} reported, "
+            f"{result.unchanged} unchanged, {result.skipped} skipped"
+        )
+        if args.dry_run:
+            print(f"dry run: {summary}; nothing sent or recorded", file=sys.stderr)
+            return EXIT_OK
+        return _deliver_and_summarize(config, store, summary)
+
+
+def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
+    from asset_watcher.reporter import Reporter, drain
+
+    reporter = Reporter(config.dagster, config.token)
+    try:
+        patience = SCAN_PATIENCE_TIMEOUTS * config.dagster.timeout_seconds
+        delivery = drain(store, reporter, patience_seconds=patience)
+    finally:
+        reporter.close()
+    counts = store.counts()
+    print(
+        f"{summary}; {delivery.delivered} delivered, {counts.pending} pending, {counts.dead} dead",
+        file=sys.stderr,
+    )
+    if counts.pending or counts.dead:
+        if delivery.last_error:
+            print(f"asset-watcher: last delivery error: {delivery.last_error}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+class _ReportPrinter:
+    """Prints each report as the scan produces it: a line, or one JSON object."""
+
+    def __init__(self, config: Config, *, as_json: bool, dry_run: bool) -> None:
+        from asset_watcher.reporter import endpoint_url
+
+        self.url = lambda kind: endpoint_url(config.dagster.url, kind)
+        self.as_json = as_json
+        self.dry_run = dry_run
+
+    def __call__(self, report: Any, match: Any) -> None:
+        from asset_watcher.reports import display_path
+
+        if self.as_json:
+            entry = {
+                "event": report.kind.value,
+                "url": self.url(report.kind),
+                "path": display_path(match.path),
+                "asset_key": list(report.asset_key),
+                "partition": report.partition,
+                "body": report.body,
+            }
+            print(json.dumps(entry, ensure_ascii=False), flush=True)
+            return
+        key = "/".join(report.asset_key)
+        partition = f" [{report.partition}]" if report.partition else ""
+        print(f"{report.kind.value} {key}{partition} <- {display_path(match.path)}")
+        if self.dry_run:
+            print(f"  POST {self.url(report.kind)} {json.dumps(report.body, ensure_ascii=False)}")
+
+
+def _progress_printer() -> Callable[[int], None]:
+    started = time.monotonic()
+
+    def show(files_seen: int) -> None:
+        rate = files_seen / max(time.monotonic() - started, 1e-6)
+        print(f"\rscanned {files_seen} files ({rate:.0f}/s)", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+# -- configuration and rules --------------------------------------------------------------
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args)
+    print(dump_json(config.redacted()))
+    print(f"configuration {config.source} is valid: {len(config.watch)} rule(s)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from asset_watcher.reports import display_path
+    from asset_watcher.rules import compile_rules, explain
+    from asset_watcher.scan import file_stat
+
+    config = _load(args)
+    rules = compile_rules(config)
+    by_name = {rule.name: rule for rule in rules}
+    for raw in args.paths:
+        path = os.path.abspath(raw)
+        print(display_path(path))
+        if file_stat(path) is None:
+            print("  note: not a regular file here now (explained by name only)")
+        match, reasons = explain(rules, path)
+        for rule_name, reason in reasons:
+            print(f"  rule {rule_name}: no: {reason}")
+        if match is None:
+            print("  not reported: no rule owns it")
+            continue
+        rule = by_name[match.rule_name]
+        print(f"  rule {rule.name}: owns it")
+        print(f"  event: {rule.event.value}")
+        print(f"  asset key parts: {json.dumps(list(match.asset_key), ensure_ascii=False)}")
+        print(f"  partition: {match.partition if match.partition is not None else '(none)'}")
+        if match.description:
+            print(f"  description: {match.description}")
+        marker = rule.marker_for(match)
+        if marker:
+            print(f"  ready marker: {display_path(marker)}")
+        for check in rule.settings.checks:
+            print(f"  check: {check.check_name} ({check.type}, {check.severity})")
+    return EXIT_OK
+
+
+# -- outbox -------------------------------------------------------------------------------
+
+
+def _open_existing_store(config: Config) -> Any:
+    from asset_watcher.errors import StateError
+    from asset_watcher.outbox import DB_NAME, StateStore
+
+    directory = config.state.resolved_directory()
+    if not (directory / DB_NAME).exists():
+        raise StateError(f"no state database in {directory} yet (nothing was scanned)")
+    return StateStore(directory, lock=False, create=False)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        counts = store.counts()
+        last_error = store.meta("last_error")
+        last_success = store.meta("last_success")
+    age = time.time() - counts.oldest_pending_at if counts.oldest_pending_at else None
+    data = {
+        "state_directory": str(config.state.resolved_directory()),
+        "tracked_files": counts.tracked_files,
+        "pending": counts.pending,
+        "dead": counts.dead,
+        "oldest_pending_age_seconds": round(age, 3) if age is not None else None,
+        "last_success_at": float(last_success) if last_success else None,
+        "last_error": last_error,
+    }
+    if args.json:
+        print(json.dumps(data, ensure_ascii=False))
+    else:
+        for key, value in data.items():
+            print(f"{key}: {value if value is not None else '-'}")
+    return EXIT_OK
+
+
+def cmd_retry_dead(args: argparse.Namespace) -> int:
+    config = _load(args)
+    with _open_existing_store(config) as store:
+        count = store.retry_dead()
+    print(f"requeued {count} dead-lettered report(s)")
+    return EXIT_OK
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def _metadata_entries(entries: list[str]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    for entry in entries:
+        if ":=" in entry and entry.index(":=") < entry.index("=") + 1:
+            key, raw = entry.split(":=", 1)
+            try:
+                metadata[key] = json.loads(raw)
+            except ValueError:
+                raise ConfigError([f"--metadata {key}: not valid JSON after ':='"]) from None
+        elif "=" in entry:
+            key, value = entry.split("=", 1)
+            metadata[key] = value
+        else:
+            raise ConfigError([f"--metadata {entry!r}: expected KEY=TEXT or KEY:=JSON"])
+    return metadata
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from asset_watcher.model import EventKind
+    from asset_watcher.reporter import Reporter
+    from asset_watcher.reports import check_report, event_report
+    from asset_watcher.retry import Verdict
+
+    key = tuple(part for part in args.asset_key.split("/") if part)
+    if not key:
+        raise ConfigError(["--asset-key: must name at least one key part"])
+    metadata = _metadata_entries(args.metadata)
+    kind = EventKind(args.event)
+    if kind is EventKind.CHECK:
+        if not args.check_name or args.passed is None:
+            raise ConfigError(["report check: needs --check-name and --passed or --failed"])
+        report = check_report(
+            key,
+            args.check_name,
+            passed=args.passed,
+            severity=args.severity,
+            metadata=metadata,
+            partition=args.partition,
+        )
+    else:
+        report = event_report(
+            kind,
+            key,
+            metadata=metadata,
+            partition=args.partition,
+            description=args.description,
+            data_version=args.data_version,
+        )
+    config = _load(args, require_file=False)
+    reporter = Reporter(config.dagster, config.token)
+    try:
+        answer = reporter.post(kind, json.dumps(report.body, ensure_ascii=False))
+    finally:
+        reporter.close()
+    if answer.verdict is Verdict.DELIVERED:
+        print(f"reported {kind.value} of {'/'.join(key)}")
+        return EXIT_OK
+    print(f"asset-watcher: not delivered: {answer.detail}", file=sys.stderr)
+    return EXIT_FAILED

@@ -1,0 +1,427 @@
+"""The one Config: TOML file plus `ASSET_WATCHER_*` environment overrides, validated once.
+
+Every problem is collected before giving up, and each is reported as one line naming its
+key (`watch[1].regex: ...`), so an operator fixes a broken file in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import string
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from asset_watcher.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_CONFIG_PATH = "/etc/asset-watcher/config.toml"
+CONFIG_PATH_ENV = "ASSET_WATCHER_CONFIG"
+TOKEN_ENV = "DAGSTER_CLOUD_API_TOKEN"
+CREDENTIAL_NAME = "dagster-token"
+
+HASH_ALGORITHMS = ("sha256", "blake2b", "md5", "sha1", "none")
+# Fields every template may use; a rule's regex adds its named groups.
+FILE_FIELDS = frozenset({"name", "stem", "suffix", "parent", "relpath", "reldir", "rule", "host"})
+DEFAULT_IGNORE = (".*", "*~", "*.tmp", "*.part", "*.partial", "*.filepart", "*.crdownload")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DagsterSettings(_Strict):
+    """Where and how to reach Dagster."""
+
+    url: str = "http://localhost:3000"
+    token_file: Path | None = None
+    timeout_seconds: float = Field(10.0, gt=0)
+    max_in_flight: int = Field(8, ge=1, le=256)
+    verify_tls: bool | str = True
+    backoff_max_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url_has_scheme(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// URL with a host, got {url!r}")
+        return url.rstrip("/")
+
+    @field_validator("verify_tls")
+    @classmethod
+    def _ca_bundle_exists(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not os.path.exists(value):
+            raise ValueError(f"CA bundle {value!r} does not exist (or use true/false)")
+        return value
+
+
+class StateSettings(_Strict):
+    """Where the state database (reported versions, outbox) lives."""
+
+    directory: Path | None = None
+
+    def resolved_directory(self) -> Path:
+        if self.directory is not None:
+            return self.directory
+        if os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=, may hold several
+            return Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+        xdg = os.environ.get("XDG_STATE_HOME") or os.path.join(
+            os.path.expanduser("~"), ".local", "state"
+        )
+        return Path(xdg) / "asset-watcher"
+
+
+class MetricsSettings(_Strict):
+    """Optional Prometheus endpoint, off unless `listen` is set."""
+
+    listen: str | None = None
+
+
+Severity = Literal["WARN", "ERROR"]
+
+
+class _CheckBase(_Strict):
+    name: str | None = None
+    severity: Severity = "ERROR"
+
+    @property
+    def check_name(self) -> str:
+        return self.name or str(getattr(self, "type"))  # noqa: B009
+
+
+class SizeCheck(_CheckBase):
+    type: Literal["size"]
+    min_bytes: int | None = Field(None, ge=0)
+    max_bytes: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> SizeCheck:
+        if self.min_bytes is None and self.max_bytes is None:
+            raise ValueError("size check needs min_bytes or max_bytes")
+        if None not in (self.min_bytes, self.max_bytes) and self.min_bytes > self.max_bytes:  # type: ignore[operator]
+            raise ValueError("min_bytes is greater than max_bytes")
+        return self
+
+
+class NameRegexCheck(_CheckBase):
+    type: Literal["name_regex"]
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        _compile_regex(pattern)
+        return pattern
+
+
+class CsvHeaderCheck(_CheckBase):
+    type: Literal["csv_header"]
+    columns: list[str] = Field(min_length=1)
+    delimiter: str = Field(",", min_length=1, max_length=1)
+    exact: bool = True
+
+
+class RowCountCheck(_CheckBase):
+    type: Literal["row_count"]
+    min_rows: int | None = Field(None, ge=0)
+    max_rows: int | None = Field(None, ge=0)
+    header: bool = True
+
+    @model_validator(mode="after")
+    def _bounds(self) -> RowCountCheck:
+        if self.min_rows is None and self.max_rows is None:
+            raise ValueError("row_count check needs min_rows or max_rows")
+        if None not in (self.min_rows, self.max_rows) and self.min_rows > self.max_rows:  # type: ignore[operator]
+            raise ValueError("min_rows is greater than max_rows")
+        return self
+
+
+class JsonCheck(_CheckBase):
+    type: Literal["json"]
+    lines: bool = False
+
+
+class GzipCheck(_CheckBase):
+    type: Literal["gzip"]
+
+
+CheckSettings = Annotated[
+    SizeCheck | NameRegexCheck | CsvHeaderCheck | RowCountCheck | JsonCheck | GzipCheck,
+    Field(discriminator="type"),
+]
+CHECK_TYPES = ("size", "name_regex", "csv_header", "row_count", "json", "gzip")
+
+
+class RuleDefaults(_Strict):
+    """Settings every [[watch]] inherits unless it sets its own."""
+
+    event: Literal["materialization", "observation"] = "materialization"
+    hash: Literal["sha256", "blake2b", "md5", "sha1", "none"] = "sha256"
+    settle_seconds: float = Field(2.0, ge=0)
+    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    recursive: bool = True
+    observer: Literal["auto", "inotify", "polling"] = "auto"
+    poll_interval_seconds: float = Field(5.0, gt=0)
+    rescan_interval_seconds: float = Field(3600.0, ge=0)
+    on_delete: Literal["ignore", "observe"] = "ignore"
+    follow_symlinks: bool = False
+    count_rows: bool = False
+
+
+INHERITED = tuple(RuleDefaults.model_fields)
+
+
+class WatchRule(_Strict):
+    """One [[watch]] table. Inherited settings are None until Config fills them in."""
+
+    name: str | None = None
+    path: Path
+    glob: str = "**/*"
+    regex: re.Pattern[str] | None = None
+    asset_key: str
+    partition: str | None = None
+    description: str | None = None
+    metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    ready_marker: str | None = None
+    checks: list[CheckSettings] = Field(default_factory=list)
+
+    event: Literal["materialization", "observation"] | None = None
+    hash: Literal["sha256", "blake2b", "md5", "sha1", "none"] | None = None
+    settle_seconds: float | None = Field(None, ge=0)
+    ignore: list[str] | None = None
+    recursive: bool | None = None
+    observer: Literal["auto", "inotify", "polling"] | None = None
+    poll_interval_seconds: float | None = Field(None, gt=0)
+    rescan_interval_seconds: float | None = Field(None, ge=0)
+    on_delete: Literal["ignore", "observe"] | None = None
+    follow_symlinks: bool | None = None
+    count_rows: bool | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _absolute_directory(cls, path: Path) -> Path:
+        if not path.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(path)!r}")
+        if not path.is_dir():
+            raise ValueError(f"directory {str(path)!r} does not exist")
+        return Path(os.path.normpath(path))
+
+    @field_validator("glob")
+    @classmethod
+    def _glob_relative(cls, glob: str) -> str:
+        if not glob or glob.startswith("/"):
+            raise ValueError("must be a non-empty pattern relative to `path`")
+        return glob
+
+    @field_validator("regex", mode="before")
+    @classmethod
+    def _regex_compiles(cls, value: Any) -> Any:
+        return _compile_regex(value) if isinstance(value, str) else value
+
+    @field_validator("asset_key", "partition", "description", "ready_marker")
+    @classmethod
+    def _template_fields_known(cls, template: str | None, info: ValidationInfo) -> str | None:
+        if template is None:
+            return None
+        regex = info.data.get("regex")
+        known = FILE_FIELDS | set(regex.groupindex if regex else ())
+        for field in template_fields(template):
+            if field not in known:
+                raise ValueError(
+                    f"unknown template field {{{field}}}; known: {', '.join(sorted(known))}"
+                )
+        if info.field_name == "asset_key" and not any(part.strip() for part in template.split("/")):
+            raise ValueError("asset key template is empty")
+        return template
+
+    @property
+    def rule_name(self) -> str:
+        return self.name or self.asset_key
+
+
+class Config(BaseSettings):
+    """The whole resolved configuration, passed down in slices to each stage."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASSET_WATCHER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        arbitrary_types_allowed=True,
+    )
+
+    dagster: DagsterSettings = Field(default_factory=lambda: DagsterSettings())
+    state: StateSettings = Field(default_factory=StateSettings)
+    defaults: RuleDefaults = Field(default_factory=lambda: RuleDefaults())
+    watch: list[WatchRule] = Field(default_factory=list)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    # Resolved after validation; never part of the file.
+    source: str = Field("", exclude=True)
+    token: SecretStr | None = Field(None, exclude=True)
+    token_source: str | None = Field(None, exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The TOML file arrives as init arguments; the environment overrides it.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _inherit_and_check_names(self) -> Config:
+        seen: dict[str, int] = {}
+        problems = []
+        for index, rule in enumerate(self.watch, start=1):
+            for key in INHERITED:
+                if getattr(rule, key) is None:
+                    setattr(rule, key, getattr(self.defaults, key))
+            if rule.rule_name in seen:
+                problems.append(
+                    f"watch[{index}].name: duplicate rule name {rule.rule_name!r} "
+                    f"(also watch[{seen[rule.rule_name]}])"
+                )
+            seen.setdefault(rule.rule_name, index)
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved configuration as plain data, the token shown only as present or not."""
+        data = self.model_dump(mode="json")
+        for rule, model in zip(data["watch"], self.watch, strict=True):
+            rule["regex"] = model.regex.pattern if model.regex else None
+        data["dagster"]["token"] = (
+            f"********** (from {self.token_source})" if self.token else "(not set)"
+        )
+        data["state"]["directory"] = str(self.state.resolved_directory())
+        return data
+
+
+def template_fields(template: str) -> list[str]:
+    """The `{field}` names a template uses; malformed templates raise ValueError."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise ValueError(f"malformed template {template!r}: {exc}") from None
+    fields = []
+    for _, field, _, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise ValueError(f"template field {{{field}}} must be a plain name")
+        if conversion:
+            raise ValueError(f"template field {{{field}!{conversion}}}: no conversions")
+        fields.append(field)
+    return fields
+
+
+def _compile_regex(pattern: str) -> re.Pattern[str]:
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+def config_path(explicit: str | None) -> Path:
+    """`--config`, else $ASSET_WATCHER_CONFIG, else the system-wide default."""
+    return Path(explicit or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, require_file: bool = True) -> Config:
+    """Read, merge with the environment and validate; raise ConfigError listing every problem."""
+    file = config_path(os.fspath(path) if path is not None else None)
+    data: dict[str, Any] = {}
+    try:
+        with open(file, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        if require_file:
+            raise ConfigError([f"{file}: configuration file not found"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{file}: invalid TOML: {exc}"]) from None
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError([_problem_line(error) for error in exc.errors()]) from None
+    config.source = str(file)
+    _resolve_token(config)
+    return config
+
+
+def _resolve_token(config: Config) -> None:
+    """First found wins: $DAGSTER_CLOUD_API_TOKEN, token_file, systemd credential."""
+    if os.environ.get(TOKEN_ENV, "").strip():
+        config.token, config.token_source = SecretStr(os.environ[TOKEN_ENV].strip()), TOKEN_ENV
+        return
+    problem = None
+    token_file = config.dagster.token_file
+    if token_file is not None:
+        try:
+            config.token = SecretStr(token_file.read_text(encoding="utf-8").strip())
+            config.token_source = str(token_file)
+            return
+        except OSError as exc:
+            problem = f"dagster.token_file: cannot read {str(token_file)!r}: {exc.strerror}"
+    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    if credentials and os.path.isfile(os.path.join(credentials, CREDENTIAL_NAME)):
+        path = os.path.join(credentials, CREDENTIAL_NAME)
+        with open(path, encoding="utf-8") as handle:
+            config.token = SecretStr(handle.read().strip())
+        config.token_source = f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+        return
+    if problem:
+        raise ConfigError([problem])
+
+
+def _problem_line(error: Any) -> str:
+    """One pydantic error as `watch[1].checks[2].min_bytes: message`."""
+    key = ""
+    for part in error["loc"]:
+        if isinstance(part, int):
+            key += f"[{part + 1}]"
+        elif part in CHECK_TYPES and key.endswith("]"):
+            continue  # the discriminated union's tag adds nothing for the reader
+        else:
+            key += f".{part}" if key else str(part)
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif error["type"] == "missing":
+        message = "required key is missing"
+    elif error["type"] == "union_tag_invalid":
+        message = f"unknown check type; known: {', '.join(CHECK_TYPES)}"
+    elif error["type"] == "union_tag_not_found":
+        message = f"`type` is required; one of: {', '.join(CHECK_TYPES)}"
+    # Cross-rule problems (duplicate names) already name their keys.
+    return f"{key}: {message}" if key else message
+
+
+def dump_json(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)

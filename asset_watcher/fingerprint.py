@@ -1,0 +1,102 @@
+"""One streaming read of a file: size, digest, first line and line count together.
+
+The buffer is reused across reads, so memory stays bounded for a 10 GB file, and the
+file is read once however many facts are wanted from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat as stat_module
+from typing import Any
+
+from asset_watcher.model import FileStat, Fingerprint
+
+CHUNK_BYTES = 1 << 20
+FIRST_LINE_MAX_BYTES = 64 * 1024
+
+
+class FileChangedError(OSError):
+    """The file changed while it was read: it is still being written."""
+
+
+class NotRegularFileError(OSError):
+    """The path is a folder, a FIFO, a device or a symbolic link that is not followed."""
+
+
+def new_hash(algorithm: str) -> Any:
+    if algorithm == "md5":
+        return hashlib.md5(usedforsecurity=False)
+    if algorithm == "sha1":
+        return hashlib.sha1(usedforsecurity=False)
+    return hashlib.new(algorithm)
+
+
+def stat_of(result: os.stat_result) -> FileStat:
+    return FileStat(
+        size=result.st_size,
+        mtime_ns=result.st_mtime_ns,
+        inode=result.st_ino,
+        ctime_ns=result.st_ctime_ns,
+    )
+
+
+def fingerprint(
+    path: str,
+    algorithm: str = "sha256",
+    *,
+    count_lines: bool = False,
+    follow_symlinks: bool = False,
+) -> Fingerprint:
+    """Read `path` once. Raises OSError (vanished, unreadable), NotRegularFileError, or
+    FileChangedError when its size or mtime moved during the read."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
+    if not follow_symlinks:
+        flags |= os.O_NOFOLLOW
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == 40:  # ELOOP: the final component is a symbolic link
+            raise NotRegularFileError(exc.errno, "is a symbolic link (not followed)") from None
+        raise
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        before = os.fstat(fd)
+        if not stat_module.S_ISREG(before.st_mode):
+            raise NotRegularFileError(0, "not a regular file")
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        digest = None if algorithm == "none" else new_hash(algorithm)
+        buffer = bytearray(CHUNK_BYTES)
+        view = memoryview(buffer)
+        first_line = bytearray()
+        first_line_done = False
+        newlines = 0
+        last_byte = b""
+        while True:
+            read = handle.readinto(buffer)
+            if not read:
+                break
+            chunk = view[:read]
+            if digest is not None:
+                digest.update(chunk)
+            if not first_line_done:
+                end = buffer.find(b"\n", 0, read)
+                first_line += bytes(chunk[: end if end >= 0 else read])
+                first_line_done = end >= 0 or len(first_line) >= FIRST_LINE_MAX_BYTES
+                first_line = first_line[:FIRST_LINE_MAX_BYTES]
+            if count_lines:
+                newlines += buffer.count(b"\n", 0, read)
+                last_byte = bytes(buffer[read - 1 : read])
+        after = os.fstat(fd)
+    if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
+        raise FileChangedError(0, "changed while it was read")
+    line_count = None
+    if count_lines:
+        line_count = newlines + (1 if last_byte not in (b"", b"\n") else 0)
+    return Fingerprint(
+        stat=stat_of(after),
+        algorithm=algorithm,
+        digest=digest.hexdigest() if digest is not None else None,
+        first_line=bytes(first_line).rstrip(b"\r"),
+        line_count=line_count,
+    )

@@ -1,0 +1,72 @@
+"""Small frozen values passed between the pipeline stages. Imports nothing internal."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class EventKind(str, enum.Enum):
+    """What a report tells Dagster; the value is the REST endpoint's name."""
+
+    MATERIALIZATION = "materialization"
+    OBSERVATION = "observation"
+    CHECK = "check"
+
+    @property
+    def endpoint(self) -> str:
+        return f"report_asset_{self.value}/"
+
+
+@dataclass(frozen=True)
+class FileStat:
+    """What one lstat says about a file: enough to tell whether it changed since reported."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    ctime_ns: int
+
+    def same_version(self, other: FileStat) -> bool:
+        return (self.size, self.mtime_ns, self.inode) == (other.size, other.mtime_ns, other.inode)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """The result of one read of a file."""
+
+    stat: FileStat
+    algorithm: str  # "none" when no digest was computed
+    digest: str | None
+    first_line: bytes = b""
+    line_count: int | None = None  # newline-terminated lines plus a final unterminated one
+
+
+@dataclass(frozen=True)
+class FileMatch:
+    """A file owned by a rule, with its rendered templates."""
+
+    rule_name: str
+    path: str  # absolute, os.fsdecode'd (surrogateescape for non-UTF-8 bytes)
+    relpath: str
+    asset_key: tuple[str, ...]
+    partition: str | None
+    description: str | None
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Report:
+    """One request body for one of the three endpoints, ready to be stored and sent."""
+
+    kind: EventKind
+    asset_key: tuple[str, ...]
+    body: Mapping[str, Any]
+    partition: str | None = None
+
+    @property
+    def order_key(self) -> str:
+        """Reports with the same order key are delivered in the order they were queued."""
+        return "\x1f".join(self.asset_key) + "\x1e" + (self.partition or "")

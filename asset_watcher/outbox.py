@@ -1,0 +1,360 @@
+"""The state database: reported file versions, the durable outbox, dead letters, the lock.
+
+A file's new version and its reports are written in one transaction, so after a crash
+either both exist (the reports are sent on restart) or neither does (the file is found
+again by the catch-up scan). WAL with synchronous=NORMAL keeps that promise across
+process crashes; a power loss may roll back the last transactions, which rolls back
+state and outbox together, so the file is simply found again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from asset_watcher.errors import StateError, StateLockedError
+from asset_watcher.model import EventKind, FileStat, Report
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "state.sqlite3"
+LOCK_NAME = "lock"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    dir BLOB NOT NULL,
+    name BLOB NOT NULL,
+    rule TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL,
+    inode INTEGER NOT NULL,
+    ctime_ns INTEGER NOT NULL,
+    digest TEXT,
+    reported_at REAL NOT NULL,
+    PRIMARY KEY (dir, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL DEFAULT 0,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_by_order_key ON outbox (order_key, id);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    order_key TEXT NOT NULL,
+    body TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class KnownVersion:
+    """The last reported version of a file."""
+
+    rule: str
+    stat: FileStat
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    """A stored report waiting for a 2xx."""
+
+    id: int
+    kind: EventKind
+    order_key: str
+    body: str  # the JSON text exactly as it will be sent
+    created_at: float
+    attempts: int
+
+
+@dataclass(frozen=True)
+class OutboxCounts:
+    tracked_files: int
+    pending: int
+    dead: int
+    oldest_pending_at: float | None
+
+
+def _split(path: str) -> tuple[bytes, bytes]:
+    raw = os.fsencode(path)
+    head, _, tail = raw.rpartition(b"/")
+    return head, tail
+
+
+class StateStore:
+    """One SQLite connection, used from one thread at a time (callers serialize)."""
+
+    def __init__(self, directory: Path | None, *, lock: bool = True, create: bool = True) -> None:
+        """`directory=None` keeps the state in memory (a dry run with no state yet)."""
+        self.directory = directory
+        self._lock_fd: int | None = None
+        if directory is None:
+            self.db = self._open_db(":memory:")
+            return
+        try:
+            if create:
+                directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if lock:
+                self._acquire_lock()
+            self.db = self._connect(directory / DB_NAME)
+        except OSError as exc:
+            self.close()
+            raise StateError(f"state directory {directory}: {exc.strerror or exc}") from None
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        assert self.directory is not None
+        fd = os.open(self.directory / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            os.close(fd)
+            raise StateLockedError(str(self.directory), holder or "pid unknown") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    def _connect(self, path: Path) -> sqlite3.Connection:
+        try:
+            return self._open_db(path)
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                raise StateError(f"state database {path} is locked: {exc}") from None
+            # A corrupt database cannot be repaired here. Keep it for inspection and start
+            # afresh: the catch-up scan reports every file on disk again, so nothing on
+            # disk goes unreported.
+            aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+            log.error("state database %s is unreadable (%s); moved to %s", path, exc, aside)
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+            return self._open_db(path)
+
+    @staticmethod
+    def _open_db(path: Path | str) -> sqlite3.Connection:
+        db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(SCHEMA)
+        return db
+
+    def close(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+            self.db = None  # type: ignore[assignment]
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT; a full disk becomes a StateError, never silence."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc) or getattr(exc, "sqlite_errorcode", None) == 13:
+                raise StateError(f"state directory {self.directory} is full: {exc}") from None
+            raise StateError(f"state database: {exc}") from None
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise StateError(f"state directory {self.directory} is full") from None
+            raise
+
+    # -- reported versions -------------------------------------------------------------
+
+    def known_in_folder(self, folder: str) -> dict[str, KnownVersion]:
+        """The reported versions of the files directly inside `folder`, by file name."""
+        rows = self.db.execute(
+            "SELECT name, rule, size, mtime_ns, inode, ctime_ns, digest FROM files WHERE dir = ?",
+            (os.fsencode(folder),),
+        )
+        return {
+            os.fsdecode(name): KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
+            for name, rule, size, mtime, inode, ctime, digest in rows
+        }
+
+    def known(self, path: str) -> KnownVersion | None:
+        row = self.db.execute(
+            "SELECT rule, size, mtime_ns, inode, ctime_ns, digest FROM files"
+            " WHERE dir = ? AND name = ?",
+            _split(path),
+        ).fetchone()
+        if row is None:
+            return None
+        rule, size, mtime, inode, ctime, digest = row
+        return KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
+
+    def record_version(
+        self, path: str, rule: str, stat: FileStat, digest: str | None, reports: Iterable[Report]
+    ) -> None:
+        """Store a file's new version and queue its reports, atomically."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    *_split(path),
+                    rule,
+                    stat.size,
+                    stat.mtime_ns,
+                    stat.inode,
+                    stat.ctime_ns,
+                    digest,
+                    now,
+                ),
+            )
+            self._enqueue(db, reports, now)
+
+    def touch_version(self, path: str, stat: FileStat) -> None:
+        """Remember new stat values of a file whose content did not change (no report)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE files SET size = ?, mtime_ns = ?, inode = ?, ctime_ns = ?"
+                " WHERE dir = ? AND name = ?",
+                (stat.size, stat.mtime_ns, stat.inode, stat.ctime_ns, *_split(path)),
+            )
+
+    def move_version(self, source: str, destination: str) -> bool:
+        """Carry a reported version over a rename within a rule; False if none was known."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM files WHERE dir = ? AND name = ?", _split(destination))
+            cursor = db.execute(
+                "UPDATE files SET dir = ?, name = ? WHERE dir = ? AND name = ?",
+                (*_split(destination), *_split(source)),
+            )
+            return cursor.rowcount > 0
+
+    def forget(self, path: str, reports: Iterable[Report] = ()) -> None:
+        """Drop a deleted file's version, queueing any reports about the deletion."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM files WHERE dir = ? AND name = ?", _split(path))
+            self._enqueue(db, reports, time.time())
+
+    # -- outbox ------------------------------------------------------------------------
+
+    def enqueue(self, reports: Iterable[Report]) -> None:
+        with self.transaction() as db:
+            self._enqueue(db, reports, time.time())
+
+    @staticmethod
+    def _enqueue(db: sqlite3.Connection, reports: Iterable[Report], now: float) -> None:
+        db.executemany(
+            "INSERT INTO outbox (kind, order_key, body, created_at) VALUES (?, ?, ?, ?)",
+            [
+                (r.kind.value, r.order_key, json.dumps(r.body, ensure_ascii=False), now)
+                for r in reports
+            ],
+        )
+
+    def due(self, now: float, limit: int, busy_keys: Iterable[str] = ()) -> list[OutboxItem]:
+        """The oldest report of each order key, if it is due and its key is not in flight."""
+        busy = set(busy_keys)
+        rows = self.db.execute(
+            "SELECT id, kind, order_key, body, created_at, attempts FROM outbox"
+            " WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY order_key)"
+            " AND next_attempt_at <= ? ORDER BY id",
+            (now,),
+        )
+        items = []
+        for row in rows:
+            if row[2] in busy:
+                continue
+            items.append(OutboxItem(row[0], EventKind(row[1]), row[2], row[3], row[4], row[5]))
+            if len(items) >= limit:
+                break
+        return items
+
+    def next_due_at(self) -> float | None:
+        row = self.db.execute("SELECT MIN(next_attempt_at) FROM outbox").fetchone()
+        return float(row[0]) if row[0] is not None else None
+
+    def ack(self, item_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('last_success', ?)", (str(time.time()),)
+            )
+
+    def retry_later(self, item_id: int, next_attempt_at: float, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?, last_error = ?"
+                " WHERE id = ?",
+                (next_attempt_at, error, item_id),
+            )
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_error', ?)", (error,))
+
+    def dead_letter(self, item_id: int, error: str) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO dead SELECT id, kind, order_key, body, created_at, ?, ? FROM outbox"
+                " WHERE id = ?",
+                (time.time(), error, item_id),
+            )
+            db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_error', ?)", (error,))
+
+    def retry_dead(self) -> int:
+        """Move every dead letter back to the outbox, due now; returns how many."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO outbox (kind, order_key, body, created_at)"
+                " SELECT kind, order_key, body, created_at FROM dead ORDER BY id"
+            )
+            db.execute("DELETE FROM dead")
+            return cursor.rowcount
+
+    def dead_letters(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
+        """(id, kind, body, error) of the oldest dead letters."""
+        return self.db.execute(
+            "SELECT id, kind, body, error FROM dead ORDER BY id LIMIT ?", (limit,)
+        ).fetchall()
+
+    def counts(self) -> OutboxCounts:
+        tracked = self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+        pending, oldest = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
+        dead = self.db.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
+        return OutboxCounts(tracked, pending, dead, oldest)
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))

@@ -1,0 +1,148 @@
+"""Report values and the JSON bodies of the three External Assets REST endpoints.
+
+The asset key goes in the body as a list of parts: Dagster turns a list into a
+multi-part AssetKey and keeps every character of every part, which neither the URL path
+nor a `/`-joined string would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
+from asset_watcher.rules import Rule
+
+
+def display_path(path: str) -> str:
+    """A path as valid UTF-8 text: undecodable bytes shown as backslash escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def file_uri(path: str, host: str) -> str:
+    """`file://host/abs/path`, percent-encoded from the path's raw bytes."""
+    return f"file://{host}{quote(os.fsencode(path), safe='/')}"
+
+
+def iso_utc(timestamp_ns: int) -> str:
+    moment = datetime.fromtimestamp(timestamp_ns / 1e9, tz=timezone.utc)
+    return moment.isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def file_metadata(
+    match: FileMatch,
+    print_: Fingerprint,
+    *,
+    host: str,
+    static: Mapping[str, Any],
+    count_rows: bool = False,
+) -> dict[str, Any]:
+    """The metadata of SPEC section 4; the rule's static table sits under the file's keys."""
+    metadata: dict[str, Any] = dict(static)
+    metadata["path"] = display_path(match.path)
+    metadata["dagster/uri"] = file_uri(match.path, host)
+    metadata["size_bytes"] = print_.stat.size
+    if print_.digest is not None:
+        metadata[print_.algorithm] = print_.digest
+    metadata["modified_at"] = iso_utc(print_.stat.mtime_ns)
+    metadata["host"] = host
+    metadata["rule"] = match.rule_name
+    if count_rows and print_.line_count is not None:
+        metadata["dagster/row_count"] = print_.line_count
+    return metadata
+
+
+def event_report(
+    kind: EventKind,
+    asset_key: tuple[str, ...],
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    partition: str | None = None,
+    description: str | None = None,
+    data_version: str | None = None,
+) -> Report:
+    """A materialization or observation body; empty optional fields are left out."""
+    body: dict[str, Any] = {"asset_key": list(asset_key)}
+    if metadata:
+        body["metadata"] = dict(metadata)
+    if data_version is not None:
+        body["data_version"] = data_version
+    if description is not None:
+        body["description"] = description
+    if partition is not None:
+        body["partition"] = partition
+    return Report(kind=kind, asset_key=asset_key, body=body, partition=partition)
+
+
+def check_report(
+    asset_key: tuple[str, ...],
+    check_name: str,
+    *,
+    passed: bool,
+    severity: str = "ERROR",
+    metadata: Mapping[str, Any] | None = None,
+    partition: str | None = None,
+) -> Report:
+    body: dict[str, Any] = {
+        "asset_key": list(asset_key),
+        "check_name": check_name,
+        "passed": passed,
+        "severity": severity,
+    }
+    if metadata:
+        body["metadata"] = dict(metadata)
+    if partition is not None:
+        body["partition"] = partition
+    return Report(kind=EventKind.CHECK, asset_key=asset_key, body=body, partition=partition)
+
+
+def file_report(
+    match: FileMatch,
+    print_: Fingerprint,
+    kind: EventKind,
+    *,
+    static: Mapping[str, Any],
+    count_rows: bool = False,
+    host: str | None = None,
+) -> Report:
+    """The report for one completed file version."""
+    host = host or socket.gethostname()
+    return event_report(
+        kind,
+        match.asset_key,
+        metadata=file_metadata(match, print_, host=host, static=static, count_rows=count_rows),
+        partition=match.partition,
+        description=match.description,
+        data_version=print_.digest,
+    )
+
+
+def deleted_report(match: FileMatch, *, host: str | None = None) -> Report:
+    """An observation saying the file is gone (`on_delete = "observe"`)."""
+    host = host or socket.gethostname()
+    metadata = {
+        "path": display_path(match.path),
+        "dagster/uri": file_uri(match.path, host),
+        "deleted": True,
+        "host": host,
+        "rule": match.rule_name,
+    }
+    return event_report(
+        EventKind.OBSERVATION, match.asset_key, metadata=metadata, partition=match.partition
+    )
+
+
+def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> list[Report]:
+    """Everything one completed file version yields: its event, then its check results."""
+    report = file_report(
+        match,
+        print_,
+        rule.event,
+        static=rule.settings.metadata,
+        count_rows=bool(rule.settings.count_rows),
+    )
+    return [report]

@@ -1,0 +1,214 @@
+"""Compile [[watch]] tables into Rules: matching, templates, and why a file is (not) owned.
+
+`explain`, `scan` and `run` all go through `owner()`, so what `explain` says is what the
+agent does.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+
+from asset_watcher.config import Config, WatchRule
+from asset_watcher.model import EventKind, FileMatch
+
+
+def short_host_name() -> str:
+    return socket.gethostname().split(".")[0]
+
+
+def glob_to_regex(glob: str) -> re.Pattern[str]:
+    """A glob over `/`-separated relative paths: `*` and `?` stay within one folder, `**`
+    spans folders (`**/` also matches no folder at all)."""
+    out, i = [], 0
+    while i < len(glob):
+        char = glob[i]
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[" and "]" in glob[i + 2 :]:
+            end = glob.index("]", i + 2)
+            body = glob[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A compiled [[watch]] rule. Settings not compiled here are read from `settings`."""
+
+    settings: WatchRule
+    host: str
+
+    @property
+    def name(self) -> str:
+        return self.settings.rule_name
+
+    @property
+    def root(self) -> str:
+        return str(self.settings.path)
+
+    @property
+    def event(self) -> EventKind:
+        return EventKind(self.settings.event)
+
+    @property
+    def needs_line_count(self) -> bool:
+        return bool(self.settings.count_rows) or any(
+            check.type == "row_count" for check in self.settings.checks
+        )
+
+    @cached_property
+    def glob_regex(self) -> re.Pattern[str]:
+        return glob_to_regex(self.settings.glob)
+
+    @cached_property
+    def ignore_regex(self) -> re.Pattern[str] | None:
+        patterns = self.settings.ignore or []
+        if not patterns:
+            return None
+        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+    def ignores(self, name: str) -> str | None:
+        """The ignore pattern matching one path component (file or folder name), if any."""
+        if self.ignore_regex is None or not self.ignore_regex.match(name):
+            return None
+        return next(p for p in self.settings.ignore or [] if fnmatch.fnmatchcase(name, p))
+
+    def relative(self, path: str) -> str | None:
+        """`path` relative to this rule's root, or None when it lies outside."""
+        root = self.root
+        if not path.startswith(root) or path[len(root) : len(root) + 1] not in ("/", ""):
+            return None
+        rel = path[len(root) + 1 :] if root != "/" else path[1:]
+        return rel or None
+
+    def match(self, path: str, *, folders_checked: bool = False) -> FileMatch | str:
+        """The rendered match for a file, or the reason this rule does not own it.
+
+        `folders_checked` skips the ignore test of parent folders, which a walk has
+        already pruned.
+        """
+        rel = self.relative(path)
+        if rel is None:
+            return f"outside {self.root}"
+        parts = rel.split("/")
+        if not self.settings.recursive and len(parts) > 1:
+            return "in a subfolder and the rule is not recursive"
+        for part in parts[-1:] if folders_checked else parts:
+            pattern = self.ignores(part)
+            if pattern is not None:
+                return f"{part!r} is ignored by {pattern!r}"
+        if not self.glob_regex.match(rel):
+            return f"glob {self.settings.glob!r} does not match {rel!r}"
+        groups: dict[str, str] = {}
+        if self.settings.regex is not None:
+            found = self.settings.regex.search(rel)
+            if found is None:
+                return f"regex {self.settings.regex.pattern!r} does not match {rel!r}"
+            groups = {k: v for k, v in found.groupdict().items() if v is not None}
+        return self.render(path, rel, groups)
+
+    def render(self, path: str, rel: str, groups: dict[str, str]) -> FileMatch | str:
+        name = rel.rsplit("/", 1)[-1]
+        stem, dot, suffix = name.rpartition(".")
+        if not stem:  # ".profile" or "README": no suffix
+            stem, suffix = name, ""
+        else:
+            suffix = dot + suffix
+        reldir = rel.rpartition("/")[0]
+        fields = {
+            "name": name,
+            "stem": stem,
+            "suffix": suffix,
+            "parent": os.path.basename(os.path.dirname(path)),
+            "relpath": rel,
+            "reldir": reldir,
+            "rule": self.name,
+            "host": self.host,
+            **groups,
+        }
+        settings = self.settings
+        try:
+            key = tuple(p for p in settings.asset_key.format_map(fields).split("/") if p)
+            partition = settings.partition.format_map(fields) if settings.partition else None
+            description = settings.description.format_map(fields) if settings.description else None
+        except KeyError as exc:  # a regex group that did not take part in the match
+            return f"template field {exc} has no value for {rel!r}"
+        if not key:
+            return f"asset key renders empty for {rel!r}"
+        for text in (*key, partition or "", description or ""):
+            if not _is_utf8(text) or "\x00" in text:
+                return f"name of {rel!r} is not valid UTF-8: cannot render the asset key"
+        return FileMatch(
+            rule_name=self.name,
+            path=path,
+            relpath=rel,
+            asset_key=key,
+            partition=partition,
+            description=description,
+            fields=fields,
+        )
+
+    def marker_for(self, match: FileMatch) -> str | None:
+        """The ready-marker path a data file waits for, if the rule has one."""
+        if not self.settings.ready_marker:
+            return None
+        try:
+            rendered = self.settings.ready_marker.format_map(dict(match.fields))
+        except KeyError:
+            return None
+        return os.path.join(self.root, rendered)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def compile_rules(config: Config, host: str | None = None) -> list[Rule]:
+    host = host or short_host_name()
+    return [Rule(settings=rule, host=host) for rule in config.watch]
+
+
+def owner(rules: Sequence[Rule], path: str) -> FileMatch | None:
+    """The first rule's match for `path`; None when no rule owns it."""
+    for rule in rules:
+        found = rule.match(path)
+        if isinstance(found, FileMatch):
+            return found
+    return None
+
+
+def explain(rules: Sequence[Rule], path: str) -> tuple[FileMatch | None, list[tuple[str, str]]]:
+    """The owning match, and for each rule tried before it why it did not match."""
+    reasons: list[tuple[str, str]] = []
+    for rule in rules:
+        found = rule.match(path)
+        if isinstance(found, FileMatch):
+            return found, reasons
+        reasons.append((rule.name, found))
+    return None, reasons

@@ -1,0 +1,196 @@
+"""The directory walk behind `scan`, the catch-up at start and the periodic rescans.
+
+A walk sees no writes, so it decides from stat alone: a file whose size, mtime and inode
+match its reported version is unchanged and never opened. Only a changed ctime (an
+upload that preserved the sender's mtime) costs a hash, to tell content from chmod.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as stat_module
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fingerprint, stat_of
+from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
+from asset_watcher.outbox import KnownVersion, StateStore
+from asset_watcher.reports import display_path, reports_for_version
+from asset_watcher.rules import Rule
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ScanResult:
+    files_seen: int = 0
+    unchanged: int = 0
+    reported: int = 0  # file versions (each may carry several reports)
+    skipped: int = 0
+
+
+@dataclass(frozen=True)
+class Candidate:
+    path: str
+    folder: str
+    name: str
+    stat: FileStat
+
+
+def walk(rule: Rule) -> Iterator[tuple[str, list[Candidate]]]:
+    """Each folder under the rule's root with its regular files, skipping ignored names.
+
+    Symbolic links are not followed unless the rule says so; folders that vanish or
+    cannot be listed mid-walk are logged and passed over.
+    """
+    follow = bool(rule.settings.follow_symlinks)
+    stack = [rule.root]
+    while stack:
+        folder = stack.pop()
+        files = []
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if rule.ignores(entry.name) is not None:
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=follow):
+                            if rule.settings.recursive:
+                                stack.append(entry.path)
+                        elif entry.is_file(follow_symlinks=follow):
+                            st = entry.stat(follow_symlinks=follow)
+                            files.append(Candidate(entry.path, folder, entry.name, stat_of(st)))
+                    except OSError as exc:  # vanished between listing and stat
+                        log.info("skipped %s: %s", display_path(entry.path), exc.strerror)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", display_path(folder), exc.strerror)
+            continue
+        yield folder, files
+
+
+def is_changed(candidate: FileStat, known: KnownVersion | None) -> bool | None:
+    """True/False from stat alone; None when only the ctime moved and content must decide."""
+    if known is None or not candidate.same_version(known.stat):
+        return True
+    if candidate.ctime_ns != known.stat.ctime_ns:
+        return None
+    return False
+
+
+def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
+    """Read a file that looks complete; the reason to skip it otherwise."""
+    marker = rule.marker_for(match)
+    if marker is not None and not os.path.lexists(marker):
+        return f"waiting for its ready marker {display_path(marker)}"
+    try:
+        print_ = fingerprint(
+            match.path,
+            rule.settings.hash or "sha256",
+            count_lines=rule.needs_line_count,
+            follow_symlinks=bool(rule.settings.follow_symlinks),
+        )
+    except FileChangedError:
+        return "still being written"
+    except NotRegularFileError as exc:
+        return str(exc.strerror)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    return print_
+
+
+def scan(
+    rules: Sequence[Rule],
+    store: StateStore,
+    *,
+    force: bool = False,
+    dry_run: bool = False,
+    emit: Callable[[Report, FileMatch], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> ScanResult:
+    """Report every new or changed file owned by `rules` (all of them with `force`)."""
+    result = ScanResult()
+    for index, rule in enumerate(rules):
+        earlier = rules[:index]
+        for folder, candidates in walk(rule):
+            known = store.known_in_folder(folder) if candidates else {}
+            for candidate in candidates:
+                result.files_seen += 1
+                if progress is not None and result.files_seen % 1000 == 0:
+                    progress(result.files_seen)
+                previous = known.get(candidate.name)
+                changed = True if force else is_changed(candidate.stat, previous)
+                if changed is False:
+                    result.unchanged += 1
+                    continue
+                _scan_file(
+                    rule,
+                    earlier,
+                    candidate,
+                    previous,
+                    changed,
+                    store,
+                    result,
+                    dry_run=dry_run,
+                    emit=emit,
+                    now=clock(),
+                )
+    return result
+
+
+def _scan_file(
+    rule: Rule,
+    earlier: Sequence[Rule],
+    candidate: Candidate,
+    previous: KnownVersion | None,
+    changed: bool | None,
+    store: StateStore,
+    result: ScanResult,
+    *,
+    dry_run: bool,
+    emit: Callable[[Report, FileMatch], None] | None,
+    now: float,
+) -> None:
+    match = rule.match(candidate.path, folders_checked=True)
+    if isinstance(match, str):
+        log.debug("not owned by %s: %s", rule.name, match)
+        return
+    if any(isinstance(other.match(candidate.path), FileMatch) for other in earlier):
+        return  # an earlier rule owns it and reports it on its own walk
+    settle = rule.settings.settle_seconds or 0.0
+    if now - candidate.stat.mtime_ns / 1e9 < settle:
+        log.info(
+            "skipped %s: modified less than %gs ago, not settled yet",
+            display_path(candidate.path),
+            settle,
+        )
+        result.skipped += 1
+        return
+    print_ = take_version(rule, match)
+    if isinstance(print_, str):
+        log.info("skipped %s: %s", display_path(candidate.path), print_)
+        result.skipped += 1
+        return
+    if changed is None and previous is not None and print_.digest == previous.digest:
+        result.unchanged += 1  # chmod/chown or touch -c: same content, not a new version
+        if not dry_run:
+            store.touch_version(candidate.path, print_.stat)
+        return
+    reports = reports_for_version(rule, match, print_)
+    if not dry_run:
+        store.record_version(candidate.path, rule.name, print_.stat, print_.digest, reports)
+    result.reported += 1
+    if emit is not None:
+        for report in reports:
+            emit(report, match)
+
+
+def file_stat(path: str, follow_symlinks: bool = False) -> FileStat | None:
+    """The stat of a regular file, or None for anything else (or nothing)."""
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except OSError:
+        return None
+    return stat_of(st) if stat_module.S_ISREG(st.st_mode) else None

@@ -12,19 +12,23 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
 import sqlite3
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TypeVar
 
 from asset_watcher.errors import StateError, StateLockedError
 from asset_watcher.model import EventKind, FileStat, Report
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DB_NAME = "state.sqlite3"
 LOCK_NAME = "lock"
@@ -101,12 +105,24 @@ def _split(path: str) -> tuple[bytes, bytes]:
     return head, tail
 
 
+def _locked(method: Callable[..., T]) -> Callable[..., T]:
+    """Serialize a method on the store's lock: one connection is shared by threads."""
+
+    @functools.wraps(method)
+    def wrapper(self: StateStore, *args: Any, **kwargs: Any) -> T:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class StateStore:
-    """One SQLite connection, used from one thread at a time (callers serialize)."""
+    """One SQLite connection shared by the agent's threads; every method holds `lock`."""
 
     def __init__(self, directory: Path | None, *, lock: bool = True, create: bool = True) -> None:
         """`directory=None` keeps the state in memory (a dry run with no state yet)."""
         self.directory = directory
+        self.lock = threading.RLock()
         self._lock_fd: int | None = None
         if directory is None:
             self.db = self._open_db(":memory:")
@@ -178,14 +194,20 @@ class StateStore:
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT; a full disk becomes a StateError, never silence."""
-        try:
+        with self.lock, self._errors_as_state_errors():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _errors_as_state_errors(self) -> Iterator[None]:
+        try:
+            yield
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or getattr(exc, "sqlite_errorcode", None) == 13:
                 raise StateError(f"state directory {self.directory} is full: {exc}") from None
@@ -197,6 +219,7 @@ class StateStore:
 
     # -- reported versions -------------------------------------------------------------
 
+    @_locked
     def known_in_folder(self, folder: str) -> dict[str, KnownVersion]:
         """The reported versions of the files directly inside `folder`, by file name."""
         rows = self.db.execute(
@@ -208,6 +231,7 @@ class StateStore:
             for name, rule, size, mtime, inode, ctime, digest in rows
         }
 
+    @_locked
     def known(self, path: str) -> KnownVersion | None:
         row = self.db.execute(
             "SELECT rule, size, mtime_ns, inode, ctime_ns, digest FROM files"
@@ -281,6 +305,7 @@ class StateStore:
             ],
         )
 
+    @_locked
     def due(self, now: float, limit: int, busy_keys: Iterable[str] = ()) -> list[OutboxItem]:
         """The oldest report of each order key, if it is due and its key is not in flight."""
         busy = set(busy_keys)
@@ -299,6 +324,7 @@ class StateStore:
                 break
         return items
 
+    @_locked
     def next_due_at(self) -> float | None:
         row = self.db.execute("SELECT MIN(next_attempt_at) FROM outbox").fetchone()
         return float(row[0]) if row[0] is not None else None
@@ -339,18 +365,21 @@ class StateStore:
             db.execute("DELETE FROM dead")
             return cursor.rowcount
 
+    @_locked
     def dead_letters(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
         """(id, kind, body, error) of the oldest dead letters."""
         return self.db.execute(
             "SELECT id, kind, body, error FROM dead ORDER BY id LIMIT ?", (limit,)
         ).fetchall()
 
+    @_locked
     def counts(self) -> OutboxCounts:
         tracked = self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
         pending, oldest = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
         dead = self.db.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
         return OutboxCounts(tracked, pending, dead, oldest)
 
+    @_locked
     def meta(self, key: str) -> str | None:
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None

@@ -160,7 +160,9 @@ def _scan_file(
     if any(isinstance(other.match(candidate.path), FileMatch) for other in earlier):
         return  # an earlier rule owns it and reports it on its own walk
     settle = rule.settings.settle_seconds or 0.0
-    if now - candidate.stat.mtime_ns / 1e9 < settle:
+    # A future mtime (a sender's clock, a preserved timestamp) says nothing about an
+    # ongoing write; only a recent one does.
+    if 0 <= now - candidate.stat.mtime_ns / 1e9 < settle:
         log.info(
             "skipped %s: modified less than %gs ago, not settled yet",
             display_path(candidate.path),

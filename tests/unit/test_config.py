@@ -1,0 +1,199 @@
+"""Configuration: every problem named by its key, env overrides, token resolution."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from asset_watcher.config import load_config
+from asset_watcher.errors import ConfigError
+
+
+def problems_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    return caught.value.problems
+
+
+def test_minimal_config_inherits_defaults(config_file: Callable[[str], Path], tmp_path: Path) -> None:
+    path = config_file(
+        f"""
+        [defaults]
+        settle_seconds = 0.5
+        hash = "blake2b"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/orders"
+        [[watch]]
+        name = "second"
+        path = "{tmp_path}"
+        asset_key = "x"
+        hash = "none"
+        """
+    )
+    config = load_config(path)
+    first, second = config.watch
+    assert first.rule_name == "acme/orders"
+    assert (first.settle_seconds, first.hash, first.event) == (0.5, "blake2b", "materialization")
+    assert (second.rule_name, second.hash) == ("second", "none")
+    assert first.ignore is not None and "*.filepart" in first.ignore
+    assert config.dagster.url == "http://localhost:3000"
+
+
+def test_every_problem_is_reported_with_its_key(
+    config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = config_file(
+        f"""
+        [dagster]
+        url = "dagster.example.com"
+        bogus = 1
+        [[watch]]
+        path = "relative/dir"
+        asset_key = "a"
+        [[watch]]
+        path = "{tmp_path / "missing"}"
+        asset_key = "b"
+        [[watch]]
+        path = "{tmp_path}"
+        regex = 'orders_(?P<date>\\d+'
+        asset_key = "c"
+        [[watch]]
+        path = "{tmp_path}"
+        regex = 'orders_(?P<date>\\d+)'
+        asset_key = "acme/{{datum}}"
+        partition = "{{date}}"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a"
+        event = "explosion"
+        """
+    )
+    problems = problems_of(path)
+    text = "\n".join(problems)
+    assert any(p.startswith("dagster.url: must be an http") for p in problems), text
+    assert "dagster.bogus: unknown key" in problems
+    assert any(p.startswith("watch[1].path: must be an absolute path") for p in problems), text
+    assert any(p.startswith("watch[2].path: directory") for p in problems), text
+    assert any(p.startswith("watch[3].regex: invalid regular expression") for p in problems), text
+    assert any(p.startswith("watch[4].asset_key: unknown template field {datum}") for p in problems)
+    assert any(p.startswith("watch[5].event:") for p in problems), text
+    assert not any("Traceback" in p for p in problems)
+
+
+def test_duplicate_rule_names(config_file: Callable[[str], Path], tmp_path: Path) -> None:
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "same"
+        [[watch]]
+        path = "{tmp_path}"
+        name = "same"
+        asset_key = "other"
+        """
+    )
+    assert problems_of(path) == ["watch[2].name: duplicate rule name 'same' (also watch[1])"]
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        ('{ type = "size" }', "watch[1].checks[1]: size check needs min_bytes or max_bytes"),
+        ('{ type = "nope" }', "watch[1].checks[1]: unknown check type"),
+        ('{ type = "size", min_bytes = -1 }', "watch[1].checks[1].min_bytes:"),
+        ('{ type = "name_regex", pattern = "(" }', "watch[1].checks[1].pattern: invalid regular"),
+        ('{ type = "gzip", severity = "FATAL" }', "watch[1].checks[1].severity:"),
+    ],
+)
+def test_check_problems_name_their_key(
+    config_file: Callable[[str], Path], tmp_path: Path, check: str, expected: str
+) -> None:
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a"
+        checks = [{check}]
+        """
+    )
+    problems = problems_of(path)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_malformed_toml_and_missing_file(config_file: Callable[[str], Path], tmp_path: Path) -> None:
+    path = config_file("[dagster\nurl = 1\n")
+    (problem,) = problems_of(path)
+    assert "invalid TOML" in problem
+    (problem,) = problems_of(tmp_path / "nowhere.toml")
+    assert "configuration file not found" in problem
+
+
+def test_environment_overrides_the_file(
+    config_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config_file(
+        f"""
+        [dagster]
+        url = "http://file.example:3000"
+        timeout_seconds = 3
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a"
+        """
+    )
+    monkeypatch.setenv("ASSET_WATCHER_DAGSTER__URL", "https://env.example/dagster/")
+    monkeypatch.setenv("ASSET_WATCHER_STATE__DIRECTORY", str(tmp_path / "state"))
+    config = load_config(path)
+    assert config.dagster.url == "https://env.example/dagster"
+    assert config.dagster.timeout_seconds == 3
+    assert config.state.resolved_directory() == tmp_path / "state"
+
+
+def test_config_path_from_environment(
+    config_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config_file('[dagster]\nurl = "http://from-env:1"\n')
+    monkeypatch.setenv("ASSET_WATCHER_CONFIG", str(path))
+    assert load_config().dagster.url == "http://from-env:1"
+
+
+def test_token_sources_in_order(
+    config_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("from-file\n")
+    credentials = tmp_path / "creds"
+    credentials.mkdir()
+    (credentials / "dagster-token").write_text("from-credential")
+    path = config_file(f'[dagster]\ntoken_file = "{token_file}"\n')
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(credentials))
+
+    monkeypatch.setenv("DAGSTER_CLOUD_API_TOKEN", "from-env")
+    config = load_config(path)
+    assert config.token is not None and config.token.get_secret_value() == "from-env"
+    assert "from-env" not in repr(config) and "from-env" not in str(config.redacted())
+
+    monkeypatch.delenv("DAGSTER_CLOUD_API_TOKEN")
+    config = load_config(path)
+    assert config.token is not None and config.token.get_secret_value() == "from-file"
+
+    token_file.unlink()
+    config = load_config(path)
+    assert config.token is not None and config.token.get_secret_value() == "from-credential"
+
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    (problem,) = problems_of(path)
+    assert problem.startswith("dagster.token_file: cannot read")
+
+
+def test_state_directory_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from asset_watcher.config import StateSettings
+
+    monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
+    assert StateSettings().resolved_directory() == tmp_path / "a"
+    monkeypatch.delenv("STATE_DIRECTORY")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert StateSettings().resolved_directory() == tmp_path / "xdg" / "asset-watcher"

@@ -1,0 +1,74 @@
+"""Fingerprints agree with hashlib on real files, in one bounded read."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from asset_watcher.fingerprint import CHUNK_BYTES, NotRegularFileError, fingerprint
+
+
+@pytest.mark.parametrize("algorithm", ["sha256", "blake2b", "md5", "sha1"])
+@pytest.mark.parametrize("size", [0, 1, CHUNK_BYTES - 1, CHUNK_BYTES, 3 * CHUNK_BYTES + 17])
+def test_digest_matches_hashlib(tmp_path: Path, algorithm: str, size: int) -> None:
+    data = os.urandom(size)
+    path = tmp_path / "f.bin"
+    path.write_bytes(data)
+    result = fingerprint(str(path), algorithm)
+    assert result.digest == hashlib.new(algorithm, data).hexdigest()
+    assert result.stat.size == size
+    assert result.stat.inode == path.stat().st_ino
+    assert result.stat.mtime_ns == path.stat().st_mtime_ns
+
+
+def test_no_digest(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    result = fingerprint(str(path), "none")
+    assert (result.digest, result.stat.size) == (None, 3)
+
+
+@pytest.mark.parametrize(
+    ("content", "first_line", "lines"),
+    [
+        (b"", b"", 0),
+        (b"a,b\n", b"a,b", 1),
+        (b"a,b\r\n1,2\r\n3,4", b"a,b", 3),
+        (b"h\n" + b"x\n" * 300_000, b"h", 300_001),  # spans several chunks
+    ],
+)
+def test_first_line_and_line_count(
+    tmp_path: Path, content: bytes, first_line: bytes, lines: int
+) -> None:
+    path = tmp_path / "f.csv"
+    path.write_bytes(content)
+    result = fingerprint(str(path), count_lines=True)
+    assert result.first_line == first_line
+    assert result.line_count == lines
+
+
+def test_symlink_is_not_followed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"outside the drop")
+    link = tmp_path / "link.csv"
+    link.symlink_to(secret)
+    with pytest.raises(NotRegularFileError):
+        fingerprint(str(link))
+    assert fingerprint(str(link), follow_symlinks=True).stat.size == 16
+
+
+def test_fifo_and_folder_are_refused_without_hanging(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(NotRegularFileError):
+        fingerprint(str(fifo))
+    with pytest.raises(OSError):
+        fingerprint(str(tmp_path))
+
+
+def test_vanished_file_raises_oserror(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        fingerprint(str(tmp_path / "gone"))

@@ -166,22 +166,25 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
-    from asset_watcher.reporter import Reporter, drain
+    delivered, last_error = 0, None
+    if store.counts().pending:  # an idle rescan never loads the HTTP stack
+        from asset_watcher.reporter import Reporter, drain
 
-    reporter = Reporter(config.dagster, config.token)
-    try:
-        patience = SCAN_PATIENCE_TIMEOUTS * config.dagster.timeout_seconds
-        delivery = drain(store, reporter, patience_seconds=patience)
-    finally:
-        reporter.close()
+        reporter = Reporter(config.dagster, config.token)
+        try:
+            patience = SCAN_PATIENCE_TIMEOUTS * config.dagster.timeout_seconds
+            delivery = drain(store, reporter, patience_seconds=patience)
+        finally:
+            reporter.close()
+        delivered, last_error = delivery.delivered, delivery.last_error
     counts = store.counts()
     print(
-        f"{summary}; {delivery.delivered} delivered, {counts.pending} pending, {counts.dead} dead",
+        f"{summary}; {delivered} delivered, {counts.pending} pending, {counts.dead} dead",
         file=sys.stderr,
     )
     if counts.pending or counts.dead:
-        if delivery.last_error:
-            print(f"asset-watcher: last delivery error: {delivery.last_error}", file=sys.stderr)
+        if last_error:
+            print(f"asset-watcher: last delivery error: {last_error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -190,11 +193,14 @@ class _ReportPrinter:
     """Prints each report as the scan produces it: a line, or one JSON object."""
 
     def __init__(self, config: Config, *, as_json: bool, dry_run: bool) -> None:
-        from asset_watcher.reporter import endpoint_url
-
-        self.url = lambda kind: endpoint_url(config.dagster.url, kind)
+        self.base_url = config.dagster.url
         self.as_json = as_json
         self.dry_run = dry_run
+
+    def url(self, kind: Any) -> str:
+        from asset_watcher.reporter import endpoint_url
+
+        return endpoint_url(self.base_url, kind)
 
     def __call__(self, report: Any, match: Any) -> None:
         from asset_watcher.reports import display_path

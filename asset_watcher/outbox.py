@@ -70,6 +70,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
+# (size, mtime_ns, inode, ctime_ns, digest, rule) of a reported version
+KnownRow = tuple[int, int, int, int, "str | None", str]
+
+
 @dataclass(frozen=True)
 class KnownVersion:
     """The last reported version of a file."""
@@ -77,6 +81,11 @@ class KnownVersion:
     rule: str
     stat: FileStat
     digest: str | None
+
+    @classmethod
+    def from_row(cls, row: KnownRow) -> KnownVersion:
+        size, mtime_ns, inode, ctime_ns, digest, rule = row
+        return cls(rule, FileStat(size, mtime_ns, inode, ctime_ns), digest)
 
 
 @dataclass(frozen=True)
@@ -220,16 +229,14 @@ class StateStore:
     # -- reported versions -------------------------------------------------------------
 
     @_locked
-    def known_in_folder(self, folder: str) -> dict[str, KnownVersion]:
-        """The reported versions of the files directly inside `folder`, by file name."""
+    def known_rows_in_folder(self, folder: str) -> dict[str, KnownRow]:
+        """The reported versions of the files directly inside `folder`, by file name, as
+        raw rows: a rescan compares 100,000s of them and builds objects for none."""
         rows = self.db.execute(
-            "SELECT name, rule, size, mtime_ns, inode, ctime_ns, digest FROM files WHERE dir = ?",
+            "SELECT name, size, mtime_ns, inode, ctime_ns, digest, rule FROM files WHERE dir = ?",
             (os.fsencode(folder),),
-        )
-        return {
-            os.fsdecode(name): KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
-            for name, rule, size, mtime, inode, ctime, digest in rows
-        }
+        ).fetchall()
+        return {row[0].decode("utf-8", "surrogateescape"): row[1:] for row in rows}
 
     @_locked
     def known(self, path: str) -> KnownVersion | None:

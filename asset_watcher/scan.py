@@ -39,35 +39,60 @@ class Candidate:
     stat: FileStat
 
 
-def walk(rule: Rule) -> Iterator[tuple[str, list[Candidate]]]:
-    """Each folder under the rule's root with its regular files, skipping ignored names.
+def listing(rule: Rule) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
+    """Each folder under the rule's root, an open descriptor of it, and its files (not
+    yet stat'ed), skipping ignored names. Stat a file relative to the descriptor
+    (`os.stat(name, dir_fd=...)`): that spares resolving its whole path again.
 
     Symbolic links are not followed unless the rule says so; folders that vanish or
     cannot be listed mid-walk are logged and passed over.
     """
     follow = bool(rule.settings.follow_symlinks)
+    recursive = bool(rule.settings.recursive)
+    ignored = rule.ignore_regex.match if rule.ignore_regex is not None else None
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     stack = [rule.root]
     while stack:
         folder = stack.pop()
         files = []
         try:
-            with os.scandir(folder) as entries:
-                for entry in entries:
-                    if rule.ignores(entry.name) is not None:
-                        continue
-                    try:
-                        if entry.is_dir(follow_symlinks=follow):
-                            if rule.settings.recursive:
-                                stack.append(entry.path)
-                        elif entry.is_file(follow_symlinks=follow):
-                            st = entry.stat(follow_symlinks=follow)
-                            files.append(Candidate(entry.path, folder, entry.name, stat_of(st)))
-                    except OSError as exc:  # vanished between listing and stat
-                        log.info("skipped %s: %s", display_path(entry.path), exc.strerror)
+            fd = os.open(folder, flags | (0 if follow or folder == rule.root else os.O_NOFOLLOW))
         except OSError as exc:
             log.warning("cannot list %s: %s", display_path(folder), exc.strerror)
             continue
-        yield folder, files
+        try:
+            with os.scandir(fd) as entries:
+                for entry in entries:
+                    if ignored is not None and ignored(entry.name):
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=follow):
+                            if recursive:
+                                stack.append(f"{folder}/{entry.name}")
+                        elif entry.is_file(follow_symlinks=follow):
+                            files.append(entry)
+                    except OSError as exc:  # vanished between listing and looking
+                        log.info("skipped %s/%s: %s", display_path(folder), entry.name, exc)
+            yield folder, fd, files
+        except OSError as exc:
+            log.warning("cannot list %s: %s", display_path(folder), exc.strerror)
+        finally:
+            os.close(fd)
+
+
+def walk(rule: Rule) -> Iterator[tuple[str, list[Candidate]]]:
+    """Like `listing`, with each file's stat; files that vanish meanwhile are left out."""
+    follow = bool(rule.settings.follow_symlinks)
+    for folder, fd, entries in listing(rule):
+        candidates = []
+        for entry in entries:
+            try:
+                st = os.stat(entry.name, dir_fd=fd, follow_symlinks=follow)
+            except OSError:
+                continue
+            path = f"{folder}/{entry.name}"
+            candidates.append(Candidate(path, folder, entry.name, stat_of(st)))
+        yield folder, candidates
 
 
 def is_changed(candidate: FileStat, known: KnownVersion | None) -> bool | None:
@@ -114,17 +139,33 @@ def scan(
     result = ScanResult()
     for index, rule in enumerate(rules):
         earlier = rules[:index]
-        for folder, candidates in walk(rule):
-            known = store.known_in_folder(folder) if candidates else {}
-            for candidate in candidates:
+        follow = bool(rule.settings.follow_symlinks)
+        for folder, fd, entries in listing(rule):
+            known = store.known_rows_in_folder(folder) if entries else {}
+            for entry in entries:
                 result.files_seen += 1
                 if progress is not None and result.files_seen % 1000 == 0:
                     progress(result.files_seen)
-                previous = known.get(candidate.name)
-                changed = True if force else is_changed(candidate.stat, previous)
-                if changed is False:
+                try:
+                    st = os.stat(entry.name, dir_fd=fd, follow_symlinks=follow)
+                except OSError as exc:
+                    log.info("skipped %s/%s: %s", display_path(folder), entry.name, exc.strerror)
+                    continue
+                row = known.get(entry.name)
+                # The hot path of a rescan: plain comparisons, no objects built.
+                if (
+                    not force
+                    and row is not None
+                    and row[0] == st.st_size
+                    and row[1] == st.st_mtime_ns
+                    and row[2] == st.st_ino
+                    and row[3] == st.st_ctime_ns
+                ):
                     result.unchanged += 1
                     continue
+                candidate = Candidate(f"{folder}/{entry.name}", folder, entry.name, stat_of(st))
+                previous = None if row is None else KnownVersion.from_row(row)
+                changed = True if force else is_changed(candidate.stat, previous)
                 _scan_file(
                     rule,
                     earlier,

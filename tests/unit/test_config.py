@@ -17,7 +17,9 @@ def problems_of(path: Path) -> list[str]:
     return caught.value.problems
 
 
-def test_minimal_config_inherits_defaults(config_file: Callable[[str], Path], tmp_path: Path) -> None:
+def test_minimal_config_inherits_defaults(
+    config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
     path = config_file(
         f"""
         [defaults]
@@ -123,7 +125,9 @@ def test_check_problems_name_their_key(
     assert any(p.startswith(expected) for p in problems), problems
 
 
-def test_malformed_toml_and_missing_file(config_file: Callable[[str], Path], tmp_path: Path) -> None:
+def test_malformed_toml_and_missing_file(
+    config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
     path = config_file("[dagster\nurl = 1\n")
     (problem,) = problems_of(path)
     assert "invalid TOML" in problem

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from asset_watcher.checks import run_checks
 from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
 from asset_watcher.rules import Rule
 
@@ -137,7 +138,11 @@ def deleted_report(match: FileMatch, *, host: str | None = None) -> Report:
 
 
 def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> list[Report]:
-    """Everything one completed file version yields: its event, then its check results."""
+    """Everything one completed file version yields: its event, then one result per check.
+
+    All of them share the asset key and partition, so the outbox delivers the checks after
+    the materialization (or observation) they belong to.
+    """
     report = file_report(
         match,
         print_,
@@ -145,4 +150,15 @@ def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> li
         static=rule.settings.metadata,
         count_rows=bool(rule.settings.count_rows),
     )
-    return [report]
+    checks = [
+        check_report(
+            match.asset_key,
+            result.check_name,
+            passed=result.passed,
+            severity=result.severity,
+            metadata=result.metadata,
+            partition=match.partition,
+        )
+        for result in run_checks(rule, match, print_)
+    ]
+    return [report, *checks]

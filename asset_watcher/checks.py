@@ -99,7 +99,7 @@ def _csv_header(
     except UnicodeDecodeError as exc:
         raise CheckCannotRun(f"the first line is not valid UTF-8 (byte {exc.start})") from None
     try:
-        row = next(csv.reader([line], delimiter=check.delimiter), [])
+        row = next(csv.reader([line], delimiter=check.delimiter, skipinitialspace=True), [])
     except csv.Error as exc:
         raise CheckCannotRun(f"the first line is not CSV: {exc}") from None
     columns = [column.strip() for column in row]

@@ -389,7 +389,8 @@ def test_reports_for_version_event_first_then_one_per_check(
     reports = reports_for_version(rule, match, print_)
 
     assert [r.kind for r in reports] == [EventKind.MATERIALIZATION, *[EventKind.CHECK] * 3]
-    assert reports[0].body["metadata"]["dagster/row_count"] == 3  # lines, header included
+    # Agrees with the row_count check, which says the first line is a header.
+    assert reports[0].body["metadata"]["dagster/row_count"] == 2
     assert {r.order_key for r in reports} == {reports[0].order_key}  # delivered in order
     bodies = [r.body for r in reports[1:]]
     assert [(b["check_name"], b["passed"], b["severity"]) for b in bodies] == [
@@ -412,6 +413,31 @@ def test_reports_for_version_event_first_then_one_per_check(
             delivered.append(item.kind)
             store.ack(item.id)
         assert delivered == [r.kind for r in reports]
+
+
+@pytest.mark.parametrize(
+    ("checks_toml", "row_count"),
+    [
+        ("", 3),  # no row_count check: every line counts
+        ('[[watch.checks]]\ntype = "row_count"\nmin_rows = 0\nheader = false', 3),
+        ('[[watch.checks]]\ntype = "row_count"\nmin_rows = 0', 2),
+    ],
+)
+def test_count_rows_metadata(
+    tmp_path: Path, config_file: Callable[[str], Path], checks_toml: str, row_count: int
+) -> None:
+    (tmp_path / "x.csv").write_bytes(b"id\n1\n2")
+    config = load_config(
+        config_file(
+            f'[[watch]]\npath = "{tmp_path}"\nasset_key = "a"\ncount_rows = true\n{checks_toml}\n'
+        )
+    )
+    (rule,) = compile_rules(config)
+    match = rule.match(str(tmp_path / "x.csv"))
+    assert isinstance(match, FileMatch)
+    print_ = fingerprint(match.path, count_lines=rule.needs_line_count)
+    report = reports_for_version(rule, match, print_)[0]
+    assert report.body["metadata"]["dagster/row_count"] == row_count
 
 
 def test_checks_never_import_later_stages() -> None:

@@ -108,17 +108,26 @@ def static_key(rule: Rule) -> tuple[str, ...] | str:
             f"its asset key {template!r} uses the per-file field(s) {fields}, so each file "
             "names its own asset (Dagster learns those keys from the reports)"
         )
-    # Render through the agent's own code path so the parts are exactly what it sends.
-    rendered = rule.render(os.path.join(rule.root, "_"), "_", {})
+    rendered = _render_for_any_file(rule)
     if not isinstance(rendered, FileMatch):
         return f"its asset key cannot be rendered: {rendered}"
     return rendered.asset_key
 
 
+def _render_for_any_file(rule: Rule) -> FileMatch | str:
+    """Render through the agent's own code path, so key parts are exactly what it sends.
+
+    Per-file fields get a placeholder: only templates that do not use them are read.
+    """
+    regex = rule.settings.regex
+    groups = dict.fromkeys(regex.groupindex if regex else (), "_")
+    return rule.render(os.path.join(rule.root, "_"), "_", groups)
+
+
 def _description(rule: Rule) -> str:
     template = rule.settings.description
     if template and set(template_fields(template)) <= RULE_FIELDS:
-        rendered = rule.render(os.path.join(rule.root, "_"), "_", {})
+        rendered = _render_for_any_file(rule)
         if isinstance(rendered, FileMatch) and rendered.description:
             return rendered.description
     event = "materialized" if rule.settings.event == "materialization" else "observed"
@@ -169,15 +178,27 @@ def _check_spec(key: tuple[str, ...], check: CheckSettings) -> dg.AssetCheckSpec
 
 
 def _checks_definition(asset: _Asset, index: int) -> dg.AssetChecksDefinition:
-    specs = [_check_spec(asset.key, check) for check in asset.checks.values()]
+    """One op declaring every check of an asset; running it explains it cannot run here.
 
-    @dg.multi_asset_check(
-        specs=specs,
+    Built by hand rather than with @multi_asset_check, which names the op's inputs and
+    outputs after the asset key and check names: parts with spaces, '#' or non-ASCII
+    characters (which the agent reports fine) are not valid op input names.
+    """
+    specs = {f"check_{n}": _check_spec(asset.key, c) for n, c in enumerate(asset.checks.values())}
+
+    @dg.op(
         name=f"asset_watcher_checks_{index}",
         description=NOT_RUNNABLE,
-        can_subset=True,
+        ins={"asset": dg.In(dg.Nothing)},
+        out={name: dg.Out(is_required=False) for name in specs},
     )
     def _reported_by_agent():  # type: ignore[no-untyped-def]  # dagster reads the annotation
         raise dg.Failure(description=NOT_RUNNABLE)
 
-    return _reported_by_agent
+    checks: dg.AssetChecksDefinition = dg.AssetChecksDefinition.create(
+        keys_by_input_name={"asset": dg.AssetKey(list(asset.key))},
+        node_def=_reported_by_agent,
+        check_specs_by_output_name=specs,
+        can_subset=True,
+    )
+    return checks

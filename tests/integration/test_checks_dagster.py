@@ -247,9 +247,7 @@ def test_check_that_cannot_run_is_reported_failed(
         store.record_version(match.path, rule.name, print_.stat, print_.digest, reports)
         deliver_all(config, store)
 
-    checks = by_check_and_partition(
-        dagster.wait_for_check_evaluations([unique_name, "x"], count=2)
-    )
+    checks = by_check_and_partition(dagster.wait_for_check_evaluations([unique_name, "x"], count=2))
     gzip_check = checks["gzip", "x.json.gz"]
     assert gzip_check.passed is False
     assert "vanished" in gzip_check.metadata["error"]

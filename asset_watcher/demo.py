@@ -363,20 +363,12 @@ def run_demo(
         monitor = threading.Thread(
             target=_watch_webserver, args=(webserver, stop, died), name="demo-webserver-monitor"
         )
+        status = 0
         try:
-            if not webserver.wait_ready(stop, STARTUP_TIMEOUT_SECONDS):
-                return 0
-            monitor.start()
-            print(
-                "\nasset-watcher demo is running\n"
-                f"  Dagster UI:   {url}/assets\n"
-                f"  drop files:   {layout.drop}   (try: printf 'id,name\\n1,a\\n' > "
-                f"{layout.drop / 'hello.csv'})\n"
-                f"  config:       {layout.config}\n"
-                "Ctrl-C stops both.\n",
-                flush=True,
-            )
-            status = _run_watcher(config, layout.config, stop)
+            if webserver.wait_ready(stop, STARTUP_TIMEOUT_SECONDS):
+                monitor.start()
+                _print_banner(layout, url)
+                status = _run_watcher(config, layout.config, stop)
         finally:
             stop.set()
             if monitor.is_alive():
@@ -386,6 +378,18 @@ def run_demo(
         raise DemoError(f"dagster-webserver exited unexpectedly; see {layout.webserver_log}")
     print("demo stopped", flush=True)
     return status
+
+
+def _print_banner(layout: DemoLayout, url: str) -> None:
+    print(
+        "\nasset-watcher demo is running\n"
+        f"  Dagster UI:   {url}/assets\n"
+        f"  drop files:   {layout.drop}   (try: printf 'id,name\\n1,a\\n' > "
+        f"{layout.drop / 'hello.csv'})\n"
+        f"  config:       {layout.config}\n"
+        "Ctrl-C stops both.\n",
+        flush=True,
+    )
 
 
 def _run_watcher(config: Config, config_path: Path, stop: threading.Event) -> int:

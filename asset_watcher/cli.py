@@ -97,6 +97,16 @@ def build_parser() -> argparse.ArgumentParser:
     verdict.add_argument("--failed", dest="passed", action="store_false")
     report.add_argument("--severity", choices=("WARN", "ERROR"), default="ERROR")
     report.set_defaults(handler=cmd_report)
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="try it: a local Dagster webserver and the watcher on ./drop (needs the extra)",
+    )
+    demo.add_argument(
+        "--port", type=int, default=3000, help="webserver port on 127.0.0.1 (default 3000)"
+    )
+    demo.set_defaults(handler=cmd_demo)
     return parser
 
 
@@ -384,3 +394,16 @@ def cmd_report(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"asset-watcher: not delivered: {answer.detail}", file=sys.stderr)
     return EXIT_FAILED
+
+
+# -- demo ---------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from asset_watcher.demo import run_demo
+
+    if args.config:
+        raise ConfigError(["demo: --config is not used; the demo writes ./demo/config.toml"])
+    if not 1 <= args.port <= 65535:
+        raise ConfigError([f"--port: {args.port} is not a TCP port (1-65535)"])
+    return run_demo(args.port)

@@ -11,6 +11,7 @@ import os
 import re
 import string
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -43,6 +44,8 @@ HASH_ALGORITHMS = ("sha256", "blake2b", "md5", "sha1", "none")
 # Fields every template may use; a rule's regex adds its named groups.
 FILE_FIELDS = frozenset({"name", "stem", "suffix", "parent", "relpath", "reldir", "rule", "host"})
 DEFAULT_IGNORE = (".*", "*~", "*.tmp", "*.part", "*.partial", "*.filepart", "*.crdownload")
+# Off while the Dagster side reads the agent's config: the drop folders live on the data host.
+_CHECK_DIRECTORIES: ContextVar[bool] = ContextVar("check_directories", default=True)
 
 
 class _Strict(BaseModel):
@@ -101,7 +104,7 @@ Severity = Literal["WARN", "ERROR"]
 
 
 class _CheckBase(_Strict):
-    name: str | None = None
+    name: str | None = Field(None, min_length=1)
     severity: Severity = "ERROR"
 
     @property
@@ -139,6 +142,20 @@ class CsvHeaderCheck(_CheckBase):
     columns: list[str] = Field(min_length=1)
     delimiter: str = Field(",", min_length=1, max_length=1)
     exact: bool = True
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_named(cls, columns: list[str]) -> list[str]:
+        if any(not column.strip() for column in columns):
+            raise ValueError("column names must not be empty")
+        return columns
+
+    @field_validator("delimiter")
+    @classmethod
+    def _usable_delimiter(cls, delimiter: str) -> str:
+        if delimiter in '\r\n"':
+            raise ValueError(f"{delimiter!r} cannot separate columns")
+        return delimiter
 
 
 class RowCountCheck(_CheckBase):
@@ -222,9 +239,22 @@ class WatchRule(_Strict):
     def _absolute_directory(cls, path: Path) -> Path:
         if not path.is_absolute():
             raise ValueError(f"must be an absolute path, got {str(path)!r}")
-        if not path.is_dir():
+        if _CHECK_DIRECTORIES.get() and not path.is_dir():
             raise ValueError(f"directory {str(path)!r} does not exist")
         return Path(os.path.normpath(path))
+
+    @field_validator("checks")
+    @classmethod
+    def _check_names_unique(cls, checks: list[Any]) -> list[Any]:
+        seen: dict[str, int] = {}
+        for index, check in enumerate(checks, start=1):
+            if check.check_name in seen:
+                raise ValueError(
+                    f"checks[{seen[check.check_name]}] and checks[{index}] are both named "
+                    f"{check.check_name!r}; give one a distinct `name`"
+                )
+            seen[check.check_name] = index
+        return checks
 
     @field_validator("glob")
     @classmethod
@@ -352,8 +382,17 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get(CONFIG_PATH_ENV) or DEFAULT_CONFIG_PATH)
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, require_file: bool = True) -> Config:
-    """Read, merge with the environment and validate; raise ConfigError listing every problem."""
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    require_file: bool = True,
+    check_directories: bool = True,
+) -> Config:
+    """Read, merge with the environment and validate; raise ConfigError listing every problem.
+
+    `check_directories=False` accepts watched folders that do not exist here: the Dagster
+    side (`asset_watcher.dagster`) reads the agent's config on another host.
+    """
     file = config_path(os.fspath(path) if path is not None else None)
     data: dict[str, Any] = {}
     try:
@@ -366,10 +405,13 @@ def load_config(path: str | os.PathLike[str] | None = None, *, require_file: boo
         raise ConfigError([f"{file}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{file}: invalid TOML: {exc}"]) from None
+    token = _CHECK_DIRECTORIES.set(check_directories)
     try:
         config = Config(**data)
     except ValidationError as exc:
         raise ConfigError([_problem_line(error) for error in exc.errors()]) from None
+    finally:
+        _CHECK_DIRECTORIES.reset(token)
     config.source = str(file)
     _resolve_token(config)
     return config

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
+from asset_watcher.checks import data_rows, run_checks
 from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
 from asset_watcher.rules import Rule
 
@@ -40,8 +41,12 @@ def file_metadata(
     host: str,
     static: Mapping[str, Any],
     count_rows: bool = False,
+    header_lines: bool = False,
 ) -> dict[str, Any]:
-    """The metadata of SPEC section 4; the rule's static table sits under the file's keys."""
+    """The metadata of SPEC section 4; the rule's static table sits under the file's keys.
+
+    `dagster/row_count` counts lines, less the first when `header_lines` says it is a header.
+    """
     metadata: dict[str, Any] = dict(static)
     metadata["path"] = display_path(match.path)
     metadata["dagster/uri"] = file_uri(match.path, host)
@@ -52,7 +57,7 @@ def file_metadata(
     metadata["host"] = host
     metadata["rule"] = match.rule_name
     if count_rows and print_.line_count is not None:
-        metadata["dagster/row_count"] = print_.line_count
+        metadata["dagster/row_count"] = data_rows(print_.line_count, header_lines)
     return metadata
 
 
@@ -107,6 +112,7 @@ def file_report(
     *,
     static: Mapping[str, Any],
     count_rows: bool = False,
+    header_lines: bool = False,
     host: str | None = None,
 ) -> Report:
     """The report for one completed file version."""
@@ -114,7 +120,14 @@ def file_report(
     return event_report(
         kind,
         match.asset_key,
-        metadata=file_metadata(match, print_, host=host, static=static, count_rows=count_rows),
+        metadata=file_metadata(
+            match,
+            print_,
+            host=host,
+            static=static,
+            count_rows=count_rows,
+            header_lines=header_lines,
+        ),
         partition=match.partition,
         description=match.description,
         data_version=print_.digest,
@@ -137,12 +150,30 @@ def deleted_report(match: FileMatch, *, host: str | None = None) -> Report:
 
 
 def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> list[Report]:
-    """Everything one completed file version yields: its event, then its check results."""
+    """Everything one completed file version yields: its event, then one result per check.
+
+    All of them share the asset key and partition, so the outbox delivers the checks after
+    the materialization (or observation) they belong to. `dagster/row_count` agrees with the
+    rule's row_count check, if it has one: without the header line when that check has one.
+    """
+    header_lines = any(c.type == "row_count" and c.header for c in rule.settings.checks)
     report = file_report(
         match,
         print_,
         rule.event,
         static=rule.settings.metadata,
         count_rows=bool(rule.settings.count_rows),
+        header_lines=header_lines,
     )
-    return [report]
+    checks = [
+        check_report(
+            match.asset_key,
+            result.check_name,
+            passed=result.passed,
+            severity=result.severity,
+            metadata=result.metadata,
+            partition=match.partition,
+        )
+        for result in run_checks(rule, match, print_)
+    ]
+    return [report, *checks]

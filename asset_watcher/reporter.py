@@ -189,6 +189,7 @@ class Deliverer:
         self.backoff_max_seconds = settings.backoff_max_seconds
         # On stop, requests in flight get this long to finish (each has its own timeout).
         self.finish_seconds = settings.timeout_seconds + 1.0
+        self.idle_recheck_seconds = IDLE_RECHECK_SECONDS
         self.gate = Gate(cap_seconds=settings.backoff_max_seconds)
         self._wakeup = threading.Event()
         self._new_work = True
@@ -307,7 +308,7 @@ class Deliverer:
             if not self._ready:
                 next_at = self.store.next_due_at(busy)
                 self._look_again_at = min(
-                    next_at if next_at is not None else math.inf, now + IDLE_RECHECK_SECONDS
+                    next_at if next_at is not None else math.inf, now + self.idle_recheck_seconds
                 )
                 return None
         return self._ready.popleft()
@@ -323,7 +324,7 @@ class Deliverer:
         return None if due_at is None else max(due_at, self.gate.hold_until)
 
     def _wait_seconds(self, now: float, *, polling_stop: bool) -> float:
-        wake_at = now + IDLE_RECHECK_SECONDS
+        wake_at = now + self.idle_recheck_seconds
         if self.gate.hold_until > now:
             wake_at = min(wake_at, self.gate.hold_until)
         room = self.gate.capacity(now, len(self._in_flight), self.max_in_flight)

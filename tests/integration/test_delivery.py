@@ -265,6 +265,8 @@ def test_401_pauses_all_delivery_drops_nothing_and_resumes(
     caplog.set_level(logging.INFO, logger="asset_watcher")
     store.enqueue([report(f"k{n % 5}", n // 5) for n in range(20)])
     sink.set_default_response(401)
+    delay = 0.05
+    sink.set_delay(delay)
     reporter = Reporter(settings(sink.url, max_in_flight=4))
     deliverer = Deliverer(store, reporter)
     try:
@@ -272,6 +274,9 @@ def test_401_pauses_all_delivery_drops_nothing_and_resumes(
             sink.wait_for_count(8, timeout=20)  # the first round of 4, then lone probes
             during = sink.requests
             assert {r.status for r in during} == {401}
+            # After the first round, one probe at a time: each starts after the last answer.
+            for earlier, later in itertools.pairwise(during[3:]):
+                assert later.arrived_at >= earlier.arrived_at + delay
             assert store.counts().pending == 20 and store.counts().dead == 0
             sink.reset()
             wait_until(lambda: store.counts().pending == 0, what="resumed and delivered")

@@ -403,11 +403,15 @@ class StateStore:
         )
 
     def retry_dead(self) -> int:
-        """Move every dead letter back to the outbox, due now; returns how many."""
+        """Move every dead letter back to the outbox, due now; returns how many.
+
+        Each keeps its original id (AUTOINCREMENT never hands an id out twice), so it
+        goes before any newer report of its asset and partition still queued.
+        """
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO outbox (kind, order_key, body, created_at)"
-                " SELECT kind, order_key, body, created_at FROM dead ORDER BY id"
+                "INSERT INTO outbox (id, kind, order_key, body, created_at)"
+                " SELECT id, kind, order_key, body, created_at FROM dead ORDER BY id"
             )
             db.execute("DELETE FROM dead")
             return cursor.rowcount

@@ -83,6 +83,7 @@ def start(settings: MetricsSettings) -> Callable[[], None] | None:
     host, port = parse_listen(settings.listen)
     try:
         import prometheus_client
+        import prometheus_client.core
     except ImportError:
         raise ConfigError(
             [

@@ -202,6 +202,8 @@ class Deliverer:
         self._auth_log = LogThrottle(LOG_INTERVAL_SECONDS)
         self._dead_log = LogThrottle(LOG_INTERVAL_SECONDS)
         self._summary = DrainSummary()
+        # The outbox gauges read this store when scraped (a no-op without metrics).
+        metrics.set_outbox_source(self._outbox_counts)
 
     # -- public ------------------------------------------------------------------------
 
@@ -243,7 +245,6 @@ class Deliverer:
         ]
         for worker in workers:
             worker.start()
-        metrics.set_outbox_source(self._outbox_counts)
         clean = False
         try:
             self._loop(stop, patience, jobs, results)
@@ -254,7 +255,6 @@ class Deliverer:
                     self._let_in_flight_finish(results)
             finally:
                 self._stop_senders(jobs, workers)
-                metrics.set_outbox_source(None)
                 self._serving.release()
         return summary
 

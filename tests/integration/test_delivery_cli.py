@@ -161,3 +161,54 @@ def test_sigkill_mid_delivery_restart_delivers_all_with_few_duplicates(
     assert set(counts) == {f"f{n:04d}" for n in range(files)}
     duplicates = sum(counts.values()) - files
     assert duplicates <= max_in_flight, duplicates
+
+
+FULL_DISK_SCRIPT = """
+mount -t tmpfs -o size=192k tmpfs "$STATE" || exit 99
+"$PY" -m asset_watcher scan -c "$CFG" >/dev/null 2>"$OUT/first.err"; echo $? >"$OUT/first.rc"
+"$PY" -m asset_watcher status --json -c "$CFG" >"$OUT/status.json" 2>"$OUT/status.err"
+mount -o remount,size=16m "$STATE"
+"$PY" -m asset_watcher scan -c "$CFG" >/dev/null 2>"$OUT/second.err"; echo $? >"$OUT/second.rc"
+"""
+
+
+def test_full_state_disk_is_reported_clearly_and_loses_nothing(
+    configure: Callable[..., Path], drop: Path, sink: Sink, tmp_path: Path
+) -> None:
+    """A real full filesystem: a 192 KiB tmpfs as the state directory, in a private mount
+    namespace (skipped where user namespaces or tmpfs mounts are not allowed)."""
+    files = 300
+    config = configure()
+    state, out = tmp_path / "state", tmp_path / "out"
+    state.mkdir()
+    out.mkdir()
+    for n in range(files):
+        (drop / f"f{n:04d}.csv").write_text(f"{n}\n")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO_ROOT),
+        "PY": sys.executable,
+        "CFG": str(config),
+        "STATE": str(state),
+        "OUT": str(out),
+    }
+    command = ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", FULL_DISK_SCRIPT]
+    try:
+        ran = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        pytest.skip("unshare is not installed")
+    if ran.returncode == 99 or not (out / "first.rc").exists():
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {ran.stderr.strip()}")
+
+    first_err = (out / "first.err").read_text()
+    assert (out / "first.rc").read_text().strip() == "1", first_err
+    assert f"asset-watcher: state directory {state} is full" in first_err
+    assert "Traceback" not in first_err
+    # What was recorded before the disk filled is intact and queued; nothing was lost.
+    recorded = json.loads((out / "status.json").read_text())
+    assert 0 < recorded["tracked_files"] < files
+    assert recorded["pending"] == recorded["tracked_files"]
+    # With room again, the next scan finds the rest and delivers every file once.
+    assert (out / "second.rc").read_text().strip() == "0", (out / "second.err").read_text()
+    counts = Counter(stem(r) for r in sink.requests)
+    assert counts == Counter({f"f{n:04d}": 1 for n in range(files)})

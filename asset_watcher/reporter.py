@@ -343,7 +343,7 @@ class Deliverer:
                 answer = self.reporter.post(flight.item.kind, flight.item.body)
             except Exception as exc:  # not the network: this report cannot be sent as is
                 detail = self.reporter.scrub(f"cannot send this report: {exc!r}")
-                log.error("%s: %s", describe(flight.item), detail)
+                log.error("%s, moved to the dead letters: %s", describe(flight.item), detail)
                 answer = Answer(Verdict.DEAD, None, detail)
             results.put((flight, answer))
             self._wakeup.set()
@@ -404,6 +404,8 @@ class Deliverer:
             self._summary.dead += 1
             self._summary.last_error = answer.detail
             metrics.report_outcome(kind, "dead")
+            if answer.status is None:
+                return True  # never reached Dagster; the sender logged why
             if self._dead_log.ready(now):
                 more = self._dead_log.take_suppressed()
                 log.error(
@@ -483,7 +485,7 @@ class Deliverer:
         self._auth_log.reset()
         if paused:
             metrics.set_paused(False)
-            log.warning(
+            log.info(
                 "Dagster accepts the API token again; delivery resumed after %.0fs paused",
                 failing_for,
             )

@@ -397,7 +397,7 @@ class Deliverer:
             self.store.ack(item.id)
             self._summary.delivered += 1
             metrics.report_outcome(kind, "delivered")
-            self._on_accepted(now)
+            self._on_accepted(now, flight.level)
             return True
         if answer.verdict is Verdict.DEAD:
             self.store.dead_letter(item.id, answer.detail)
@@ -405,7 +405,7 @@ class Deliverer:
             self._summary.last_error = answer.detail
             metrics.report_outcome(kind, "dead")
             if answer.status is None:
-                return True  # never reached Dagster; the sender logged why
+                return True  # never reached Dagster (the sender logged why): proves nothing
             if self._dead_log.ready(now):
                 more = self._dead_log.take_suppressed()
                 log.error(
@@ -415,7 +415,7 @@ class Deliverer:
                     answer.detail,
                     f" ({more} more dead-lettered since the last message)" if more else "",
                 )
-            self._on_accepted(now)  # Dagster is up and read the request
+            self._on_accepted(now, flight.level)  # Dagster is up and read the request
             return True
         self._ready.clear()  # older reports may be due again before those read ahead
         if answer.verdict is Verdict.PAUSE:
@@ -469,12 +469,12 @@ class Deliverer:
                 wait_seconds,
             )
 
-    def _on_accepted(self, now: float) -> None:
+    def _on_accepted(self, now: float, dispatched_level: int) -> None:
         gate = self.gate
-        if gate.failing_since is None:
-            return
         paused, attempts = gate.paused, gate.failed_attempts
-        failing_for = gate.on_accepted(now) or 0.0
+        failing_for = gate.on_accepted(now, dispatched_level)
+        if failing_for is None:
+            return  # was not failing, or this answer is older than the latest failure
         if len(self._failed_ids) > 1:
             # Several reports failed together: an outage, not one bad report. Let them all
             # go now, oldest first, instead of each waiting out its own backoff.

@@ -128,13 +128,19 @@ class Gate:
             # Started before the gate closed; its Retry-After still counts.
             self.hold_until = max(self.hold_until, now + retry_after_seconds)
 
-    def on_accepted(self, now: float) -> float | None:
+    def on_accepted(self, now: float, dispatched_level: int | None = None) -> float | None:
         """Dagster answered (2xx, or a 4xx about the report): open the gate.
 
-        Returns how long delivery had been failing, or None if it was not. A pending
+        Returns how long delivery had been failing, or None if the gate was open or stays
+        closed. An answer to a request started before the latest failed round (a lower
+        `dispatched_level`) says nothing about now and opens nothing. A pending
         Retry-After hold is kept: the server asked for it.
         """
-        failing_for = None if self.failing_since is None else now - self.failing_since
+        if self.failing_since is None:
+            return None
+        if dispatched_level is not None and dispatched_level < self.level:
+            return None
+        failing_for = now - self.failing_since
         self.level = 0
         self.paused = False
         self.failing_since = None

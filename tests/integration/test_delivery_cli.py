@@ -157,7 +157,8 @@ def test_sigkill_mid_delivery_restart_delivers_all_with_few_duplicates(
 
     again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
-    counts = Counter(stem(r) for r in sink.requests)
+    # A request the kill cut short arrives with a truncated body: it is no report.
+    counts = Counter(stem(r) for r in sink.requests if r.json is not None)
     assert set(counts) == {f"f{n:04d}" for n in range(files)}
     duplicates = sum(counts.values()) - files
     assert duplicates <= max_in_flight, duplicates

@@ -151,6 +151,20 @@ def test_gate_backoff_is_capped_and_jittered() -> None:
     assert gate.hold_until == clock() + 5.0  # half of the cap with rand() = 0.5
 
 
+def test_gate_ignores_answers_to_requests_started_before_the_failure() -> None:
+    clock = FakeClock()
+    gate = Gate(rand=lambda: 1.0)
+    gate.on_failure(clock(), dispatched_level=0)  # the first of eight refused
+    # Another of those eight had been answered just before: it proves nothing now.
+    assert gate.on_accepted(clock(), dispatched_level=0) is None
+    assert (gate.level, gate.failed_attempts) == (1, 1)
+    clock.advance(1.0)
+    assert gate.capacity(clock(), 0, 8) == 1  # still probing
+    assert gate.on_accepted(clock(), dispatched_level=1) == 1.0  # the probe got through
+    assert gate.capacity(clock(), 0, 8) == 8
+    assert gate.on_accepted(clock(), dispatched_level=0) is None  # already open
+
+
 def test_gate_honours_retry_after_even_from_a_stale_request() -> None:
     clock = FakeClock()
     gate = Gate(rand=lambda: 0.0)

@@ -178,12 +178,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
     delivered, last_error = 0, None
     if store.counts().pending:  # an idle rescan never loads the HTTP stack
-        from asset_watcher.reporter import Reporter, drain
+        from asset_watcher.reporter import Deliverer, Reporter
 
         reporter = Reporter(config.dagster, config.token)
         try:
             patience = SCAN_PATIENCE_TIMEOUTS * config.dagster.timeout_seconds
-            delivery = drain(store, reporter, patience_seconds=patience)
+            delivery = Deliverer(store, reporter).drain(patience)
         finally:
             reporter.close()
         delivered, last_error = delivery.delivered, delivery.last_error
@@ -300,13 +300,32 @@ def _open_existing_store(config: Config) -> Any:
     return StateStore(directory, lock=False, create=False)
 
 
+STATUS_DEAD_LISTED = 20  # dead letters shown by `status`
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from asset_watcher.outbox import order_key_parts
+
     config = _load(args)
     with _open_existing_store(config) as store:
         counts = store.counts()
         last_error = store.meta("last_error")
+        last_error_at = store.meta("last_error_at")
         last_success = store.meta("last_success")
+        dead = store.dead_letter_items(STATUS_DEAD_LISTED)
     age = time.time() - counts.oldest_pending_at if counts.oldest_pending_at else None
+    dead_letters = []
+    for letter in dead:
+        key, partition = order_key_parts(letter.order_key)
+        dead_letters.append(
+            {
+                "event": letter.kind.value,
+                "asset_key": list(key),
+                "partition": partition,
+                "failed_at": letter.failed_at,
+                "error": letter.error,
+            }
+        )
     data = {
         "state_directory": str(config.state.resolved_directory()),
         "tracked_files": counts.tracked_files,
@@ -315,13 +334,30 @@ def cmd_status(args: argparse.Namespace) -> int:
         "oldest_pending_age_seconds": round(age, 3) if age is not None else None,
         "last_success_at": float(last_success) if last_success else None,
         "last_error": last_error,
+        "last_error_at": float(last_error_at) if last_error_at else None,
+        "dead_letters": dead_letters,
     }
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
-    else:
-        for key, value in data.items():
-            print(f"{key}: {value if value is not None else '-'}")
+        return EXIT_OK
+    for name, value in data.items():
+        if name == "dead_letters":
+            continue
+        if name.endswith("_at") and isinstance(value, float):
+            value = f"{_iso_local(value)} ({time.time() - value:.0f}s ago)"
+        print(f"{name}: {value if value is not None else '-'}")
+    for entry in dead_letters:
+        partition = f" [{entry['partition']}]" if entry["partition"] else ""
+        print(
+            f"  dead {entry['event']} {'/'.join(entry['asset_key'])}{partition}: {entry['error']}"
+        )
+    if counts.dead > len(dead_letters):
+        print(f"  ... and {counts.dead - len(dead_letters)} more dead letter(s)")
     return EXIT_OK
+
+
+def _iso_local(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(timestamp))
 
 
 def cmd_retry_dead(args: argparse.Namespace) -> int:

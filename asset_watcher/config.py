@@ -97,7 +97,24 @@ class StateSettings(_Strict):
 class MetricsSettings(_Strict):
     """Optional Prometheus endpoint, off unless `listen` is set."""
 
-    listen: str | None = None
+    listen: str | None = None  # "HOST:PORT", e.g. "127.0.0.1:9464" or "[::1]:9464"
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, listen: str | None) -> str | None:
+        if listen:
+            parse_listen(listen)
+        return listen or None
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`HOST:PORT` (IPv6 in brackets) as (host, port); ValueError when malformed."""
+    host, sep, port = listen.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9464, got {listen!r}")
+    return host, int(port)
 
 
 Severity = Literal["WARN", "ERROR"]

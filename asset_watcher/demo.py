@@ -407,7 +407,7 @@ def _run_watcher(config: Config, config_path: Path, stop: threading.Event) -> in
 def _fallback_watch(config: Config, stop: threading.Event) -> int:
     """Scan and deliver once a second: the one-shot pipeline in a loop, no inotify."""
     from asset_watcher.outbox import StateStore
-    from asset_watcher.reporter import Reporter, drain
+    from asset_watcher.reporter import Deliverer, Reporter
     from asset_watcher.rules import compile_rules
     from asset_watcher.scan import scan
 
@@ -417,7 +417,7 @@ def _fallback_watch(config: Config, stop: threading.Event) -> int:
         with StateStore(config.state.resolved_directory()) as store:
             while not stop.is_set():
                 scan(rules, store)
-                drain(store, reporter, patience_seconds=0.0, stop=stop)
+                Deliverer(store, reporter).drain(0.0)
                 stop.wait(1.0)
     finally:
         reporter.close()

@@ -101,6 +101,25 @@ class OutboxItem:
 
 
 @dataclass(frozen=True)
+class DeadLetter:
+    """A report Dagster rejected (a 4xx other than 401/403), kept for `retry-dead`."""
+
+    id: int
+    kind: EventKind
+    order_key: str
+    body: str
+    created_at: float
+    failed_at: float
+    error: str
+
+
+def order_key_parts(order_key: str) -> tuple[tuple[str, ...], str | None]:
+    """(asset key parts, partition or None) back from a stored order key."""
+    key, _, partition = order_key.partition("\x1e")
+    return tuple(key.split("\x1f")), partition or None
+
+
+@dataclass(frozen=True)
 class OutboxCounts:
     tracked_files: int
     pending: int
@@ -332,9 +351,25 @@ class StateStore:
         return items
 
     @_locked
-    def next_due_at(self) -> float | None:
-        row = self.db.execute("SELECT MIN(next_attempt_at) FROM outbox").fetchone()
-        return float(row[0]) if row[0] is not None else None
+    def next_due_at(self, busy_keys: Iterable[str] = ()) -> float | None:
+        """When the next report may be sent: the earliest retry time among the heads of
+        the order keys not in flight (a report behind its key's head waits for it, whatever
+        its own time says). None if no such report is queued."""
+        busy = set(busy_keys)
+        rows = self.db.execute(
+            "SELECT order_key, next_attempt_at FROM outbox"
+            " WHERE id IN (SELECT MIN(id) FROM outbox GROUP BY order_key)"
+        )
+        times = [float(at) for key, at in rows if key not in busy]
+        return min(times) if times else None
+
+    def make_due(self, item_ids: Iterable[int]) -> None:
+        """Clear the backoff of these reports (after an outage ends, so the oldest go first)."""
+        ids = [(item_id,) for item_id in item_ids]
+        if not ids:
+            return
+        with self.transaction() as db:
+            db.executemany("UPDATE outbox SET next_attempt_at = 0 WHERE id = ?", ids)
 
     def ack(self, item_id: int) -> None:
         with self.transaction() as db:
@@ -350,7 +385,7 @@ class StateStore:
                 " WHERE id = ?",
                 (next_attempt_at, error, item_id),
             )
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_error', ?)", (error,))
+            self._note_error(db, error)
 
     def dead_letter(self, item_id: int, error: str) -> None:
         with self.transaction() as db:
@@ -360,14 +395,30 @@ class StateStore:
                 (time.time(), error, item_id),
             )
             db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('last_error', ?)", (error,))
+            self._note_error(db, error)
+
+    def note_error(self, error: str) -> None:
+        """Remember a delivery problem that is about no single report (401/403)."""
+        with self.transaction() as db:
+            self._note_error(db, error)
+
+    @staticmethod
+    def _note_error(db: sqlite3.Connection, error: str) -> None:
+        db.executemany(
+            "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+            [("last_error", error), ("last_error_at", str(time.time()))],
+        )
 
     def retry_dead(self) -> int:
-        """Move every dead letter back to the outbox, due now; returns how many."""
+        """Move every dead letter back to the outbox, due now; returns how many.
+
+        Each keeps its original id (AUTOINCREMENT never hands an id out twice), so it
+        goes before any newer report of its asset and partition still queued.
+        """
         with self.transaction() as db:
             cursor = db.execute(
-                "INSERT INTO outbox (kind, order_key, body, created_at)"
-                " SELECT kind, order_key, body, created_at FROM dead ORDER BY id"
+                "INSERT INTO outbox (id, kind, order_key, body, created_at)"
+                " SELECT id, kind, order_key, body, created_at FROM dead ORDER BY id"
             )
             db.execute("DELETE FROM dead")
             return cursor.rowcount
@@ -378,6 +429,19 @@ class StateStore:
         return self.db.execute(
             "SELECT id, kind, body, error FROM dead ORDER BY id LIMIT ?", (limit,)
         ).fetchall()
+
+    @_locked
+    def dead_letter_items(self, limit: int = 100) -> list[DeadLetter]:
+        """The oldest dead letters, for `status`."""
+        rows = self.db.execute(
+            "SELECT id, kind, order_key, body, created_at, failed_at, error FROM dead"
+            " ORDER BY id LIMIT ?",
+            (limit,),
+        )
+        return [
+            DeadLetter(row[0], EventKind(row[1]), row[2], row[3], row[4], row[5], row[6])
+            for row in rows
+        ]
 
     @_locked
     def counts(self) -> OutboxCounts:

@@ -1,4 +1,4 @@
-"""HTTP delivery to Dagster: URL building, auth header, and draining the outbox.
+"""HTTP delivery to Dagster: URL building, auth header, and the concurrent outbox drain.
 
 requests lives here and nowhere else. Bodies are sent exactly as stored in the outbox,
 with `Content-Type: application/json` and nothing after it: Dagster rejects
@@ -8,18 +8,30 @@ with `Content-Type: application/json` and nothing after it: Dagster rejects
 from __future__ import annotations
 
 import logging
+import math
+import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
 from pydantic import SecretStr
 
+from asset_watcher import metrics
 from asset_watcher.config import DagsterSettings
 from asset_watcher.model import EventKind
-from asset_watcher.outbox import OutboxItem, StateStore
-from asset_watcher.retry import Verdict, backoff_seconds, classify, retry_after_seconds
+from asset_watcher.outbox import OutboxItem, StateStore, order_key_parts
+from asset_watcher.retry import (
+    Gate,
+    LogThrottle,
+    Verdict,
+    backoff_seconds,
+    classify,
+    is_shared_trouble,
+    retry_after_seconds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +68,9 @@ class Reporter:
         self.session.verify = settings.verify_tls
         self.session.headers["Content-Type"] = "application/json"
         self.session.headers["User-Agent"] = "asset-watcher"
-        if token is not None and token.get_secret_value():
-            self.session.headers[TOKEN_HEADER] = token.get_secret_value()
+        self._secret = token.get_secret_value() if token is not None else ""
+        if self._secret:
+            self.session.headers[TOKEN_HEADER] = self._secret
 
     def url(self, kind: EventKind) -> str:
         return endpoint_url(self.settings.url, kind)
@@ -74,7 +87,8 @@ class Reporter:
         except requests.Timeout:
             return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
         except requests.RequestException as exc:
-            return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {_reason(exc)}")
+            reason = self.scrub(_reason(exc))
+            return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
         verdict = classify(response.status_code)
         detail = "" if verdict is Verdict.DELIVERED else _error_text(response)
         return Answer(
@@ -83,6 +97,10 @@ class Reporter:
             detail,
             retry_after_seconds(response.headers.get("Retry-After"), time.time()),
         )
+
+    def scrub(self, text: str) -> str:
+        """Error text with the token masked (a malformed token can echo in an exception)."""
+        return text.replace(self._secret, "**********") if self._secret else text
 
     def close(self) -> None:
         self.session.close()
@@ -105,13 +123,29 @@ def _error_text(response: requests.Response) -> str:
     return f"HTTP {response.status_code}: {text[:ERROR_TEXT_MAX]}"
 
 
+def describe(item: OutboxItem) -> str:
+    """`materialization of acme/orders [2026-11-26]`, for log lines."""
+    key, partition = order_key_parts(item.order_key)
+    return f"{item.kind.value} of {'/'.join(key)}" + (f" [{partition}]" if partition else "")
+
+
 def auth_message(answer: Answer, item: OutboxItem) -> str:
     return (
-        f"Dagster answered {answer.status} for {item.kind.value} of "
-        f"{item.order_key.split(chr(0x1E))[0].replace(chr(0x1F), '/')}: the API token is "
+        f"Dagster answered {answer.status} for the {describe(item)}: the API token is "
         "missing, wrong or lacks permission (set $DAGSTER_CLOUD_API_TOKEN, dagster.token_file "
         "or the dagster-token credential); delivery is paused, nothing is dropped"
     )
+
+
+# How soon `run` notices its stop event when nobody calls wake().
+STOP_CHECK_SECONDS = 0.2
+# Read the outbox again this often even when nothing is due: `retry-dead` run from
+# another process adds reports this process was not told about.
+IDLE_RECHECK_SECONDS = 5.0
+# At most one log line per this many seconds for each kind of ongoing trouble.
+LOG_INTERVAL_SECONDS = 60.0
+# Due reports read per outbox query, at least; each query scans the queued heads.
+FETCH_MIN = 64
 
 
 @dataclass
@@ -122,47 +156,346 @@ class DrainSummary:
     last_error: str | None = None
 
 
-def drain(
-    store: StateStore,
-    reporter: Reporter,
-    *,
-    patience_seconds: float,
-    stop: threading.Event | None = None,
-    clock: Callable[[], float] = time.time,
-) -> DrainSummary:
-    """Send due reports oldest first until the outbox is empty, delivery pauses on 401/403,
-    or the next retry would come later than `patience_seconds` from now."""
-    stop = stop or threading.Event()
-    summary = DrainSummary()
-    give_up_at = clock() + patience_seconds
-    cap = reporter.settings.backoff_max_seconds
-    while not stop.is_set():
-        items = store.due(clock(), limit=reporter.settings.max_in_flight)
-        if not items:
-            next_at = store.next_due_at()
-            if next_at is None or next_at > give_up_at:
-                return summary
-            stop.wait(max(0.0, next_at - clock()))
-            continue
-        for item in items:
-            answer = reporter.post(item.kind, item.body)
-            if answer.verdict is Verdict.DELIVERED:
-                store.ack(item.id)
-                summary.delivered += 1
-            elif answer.verdict is Verdict.DEAD:
-                log.error("Dagster rejected a report, dead-lettered: %s", answer.detail)
-                store.dead_letter(item.id, answer.detail)
-                summary.dead += 1
-            elif answer.verdict is Verdict.PAUSE:
-                summary.paused, summary.last_error = True, auth_message(answer, item)
-                log.error("%s", summary.last_error)
-                store.set_meta("last_error", summary.last_error)
-                return summary
+@dataclass(frozen=True)
+class _Flight:
+    """A report handed to a sender thread."""
+
+    item: OutboxItem
+    level: int  # the gate's level when it started: failures of one round count once
+
+
+_Result = tuple[_Flight, Answer]
+
+
+class Deliverer:
+    """Delivers the outbox: up to `max_in_flight` requests at once over one session, the
+    reports of each order key strictly one after the other, retries behind a shared gate.
+
+    One thread, the caller of `run` or `drain`, decides everything: it reads due reports,
+    hands them to sender threads that only do HTTP, and records each answer in the store.
+    Senders never touch the store, so its lock is never held across a request. A report
+    leaves the outbox only on a 2xx (or into the dead letters on a 4xx), so a crash at any
+    moment loses nothing and repeats at most the requests in flight.
+    """
+
+    def __init__(
+        self, store: StateStore, reporter: Reporter, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.reporter = reporter
+        self.clock = clock
+        settings = reporter.settings
+        self.max_in_flight = settings.max_in_flight
+        self.backoff_max_seconds = settings.backoff_max_seconds
+        # On stop, requests in flight get this long to finish (each has its own timeout).
+        self.finish_seconds = settings.timeout_seconds + 1.0
+        self.idle_recheck_seconds = IDLE_RECHECK_SECONDS
+        self.gate = Gate(cap_seconds=settings.backoff_max_seconds)
+        self._wakeup = threading.Event()
+        self._new_work = True
+        self._serving = threading.Lock()
+        self._in_flight: dict[int, _Flight] = {}
+        self._ready: deque[OutboxItem] = deque()  # due heads read ahead, oldest first
+        self._look_again_at = 0.0
+        self._failed_ids: set[int] = set()  # failed since the last success
+        self._failure_log = LogThrottle(LOG_INTERVAL_SECONDS)
+        self._auth_log = LogThrottle(LOG_INTERVAL_SECONDS)
+        self._dead_log = LogThrottle(LOG_INTERVAL_SECONDS)
+        self._summary = DrainSummary()
+        # The outbox gauges read this store when scraped (a no-op without metrics).
+        metrics.set_outbox_source(self._outbox_counts)
+
+    # -- public ------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """New reports were queued (or stop was set): look at the outbox now."""
+        self._new_work = True
+        self._wakeup.set()
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop` is set; then give requests in flight up to the request
+        timeout to finish, and leave everything else in the outbox.
+
+        `stop` is checked every STOP_CHECK_SECONDS; call `wake()` after setting it to
+        end the wait at once. Raises StateError when the state database fails.
+        """
+        self._serve(stop, None)
+
+    def drain(self, patience_seconds: float) -> DrainSummary:
+        """Deliver everything due, then return once the outbox is empty, delivery is
+        paused by a 401/403, or the next attempt would come more than `patience_seconds`
+        after the last progress (so a long but healthy drain is never cut short)."""
+        return self._serve(None, patience_seconds)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _serve(self, stop: threading.Event | None, patience: float | None) -> DrainSummary:
+        if not self._serving.acquire(blocking=False):
+            raise RuntimeError("this Deliverer is already running")
+        summary = self._summary = DrainSummary()
+        self._ready.clear()
+        self._new_work = True
+        jobs: queue.SimpleQueue[_Flight | None] = queue.SimpleQueue()
+        results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+        workers = [
+            threading.Thread(
+                target=self._send_loop, args=(jobs, results), name=f"deliver-{n}", daemon=True
+            )
+            for n in range(self.max_in_flight)
+        ]
+        for worker in workers:
+            worker.start()
+        clean = False
+        try:
+            self._loop(stop, patience, jobs, results)
+            clean = True
+        finally:
+            try:
+                if clean:
+                    self._let_in_flight_finish(results)
+            finally:
+                self._stop_senders(jobs, workers)
+                self._serving.release()
+        return summary
+
+    def _loop(
+        self,
+        stop: threading.Event | None,
+        patience: float | None,
+        jobs: queue.SimpleQueue[_Flight | None],
+        results: queue.SimpleQueue[_Result],
+    ) -> None:
+        draining = patience is not None
+        give_up_at = self.clock() + patience if patience is not None else math.inf
+        while True:
+            self._wakeup.clear()
+            if self._collect(results) and patience is not None:
+                give_up_at = self.clock() + patience
+            if stop is not None and stop.is_set():
+                return
+            now = self.clock()
+            if draining and self._summary.paused:
+                if not self._in_flight:
+                    return  # `scan` reports the pause; `run` would keep probing
             else:
-                delay = answer.retry_after_seconds
-                if delay is None:
-                    delay = backoff_seconds(item.attempts, cap_seconds=cap)
-                summary.last_error = answer.detail
-                log.warning("delivery failed (%s), retrying in %.1fs", answer.detail, delay)
-                store.retry_later(item.id, clock() + delay, answer.detail)
-    return summary
+                self._dispatch(now, jobs)
+            if draining and not self._in_flight:
+                next_at = self._next_attempt_at(now)
+                if next_at is None or next_at > give_up_at:
+                    return
+            self._wakeup.wait(self._wait_seconds(now, polling_stop=stop is not None))
+
+    def _dispatch(self, now: float, jobs: queue.SimpleQueue[_Flight | None]) -> None:
+        room = self.gate.capacity(now, len(self._in_flight), self.max_in_flight)
+        while room > 0:
+            item = self._take(now)
+            if item is None:
+                return
+            flight = _Flight(item, self.gate.level)
+            self._in_flight[item.id] = flight
+            jobs.put(flight)
+            room -= 1
+
+    def _take(self, now: float) -> OutboxItem | None:
+        """The oldest due head whose order key is not in flight, or None."""
+        if not self._ready:
+            if not self._new_work and now < self._look_again_at:
+                return None
+            self._new_work = False
+            busy = self._busy_keys()
+            fetch = max(FETCH_MIN, 4 * self.max_in_flight)
+            self._ready.extend(self.store.due(now, limit=fetch, busy_keys=busy))
+            if not self._ready:
+                next_at = self.store.next_due_at(busy)
+                self._look_again_at = min(
+                    next_at if next_at is not None else math.inf, now + self.idle_recheck_seconds
+                )
+                return None
+        return self._ready.popleft()
+
+    def _busy_keys(self) -> set[str]:
+        return {flight.item.order_key for flight in self._in_flight.values()}
+
+    def _next_attempt_at(self, now: float) -> float | None:
+        """When something could be sent next (nothing is in flight); None if nothing waits."""
+        if self._ready:
+            return max(now, self.gate.hold_until)
+        due_at = self.store.next_due_at(self._busy_keys())
+        return None if due_at is None else max(due_at, self.gate.hold_until)
+
+    def _wait_seconds(self, now: float, *, polling_stop: bool) -> float:
+        wake_at = now + self.idle_recheck_seconds
+        if self.gate.hold_until > now:
+            wake_at = min(wake_at, self.gate.hold_until)
+        room = self.gate.capacity(now, len(self._in_flight), self.max_in_flight)
+        if room > 0 and not self._ready:
+            wake_at = min(wake_at, now if self._new_work else self._look_again_at)
+        delay = max(0.0, wake_at - now)
+        return min(delay, STOP_CHECK_SECONDS) if polling_stop else delay
+
+    # -- senders -----------------------------------------------------------------------
+
+    def _send_loop(
+        self, jobs: queue.SimpleQueue[_Flight | None], results: queue.SimpleQueue[_Result]
+    ) -> None:
+        while (flight := jobs.get()) is not None:
+            try:
+                answer = self.reporter.post(flight.item.kind, flight.item.body)
+            except Exception as exc:  # not the network: this report cannot be sent as is
+                detail = self.reporter.scrub(f"cannot send this report: {exc!r}")
+                log.error("%s, moved to the dead letters: %s", describe(flight.item), detail)
+                answer = Answer(Verdict.DEAD, None, detail)
+            results.put((flight, answer))
+            self._wakeup.set()
+
+    def _let_in_flight_finish(self, results: queue.SimpleQueue[_Result]) -> None:
+        deadline = time.monotonic() + self.finish_seconds
+        while self._in_flight:
+            self._wakeup.clear()
+            self._collect(results)
+            remaining = deadline - time.monotonic()
+            if not self._in_flight or remaining <= 0:
+                break
+            self._wakeup.wait(remaining)
+        if self._in_flight:
+            log.warning(
+                "%d report(s) still in flight after %.0fs; they stay in the outbox and are "
+                "sent again on the next start",
+                len(self._in_flight),
+                self.finish_seconds,
+            )
+            self._in_flight.clear()
+
+    def _stop_senders(
+        self, jobs: queue.SimpleQueue[_Flight | None], workers: list[threading.Thread]
+    ) -> None:
+        self._in_flight.clear()
+        for _ in workers:
+            jobs.put(None)
+        deadline = time.monotonic() + 1.0
+        for worker in workers:  # idle ones end at once; a stuck request is left behind
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+
+    # -- answers -----------------------------------------------------------------------
+
+    def _collect(self, results: queue.SimpleQueue[_Result]) -> bool:
+        """Record every answer that came back; True if any was progress (not a failure)."""
+        progress = False
+        while True:
+            try:
+                flight, answer = results.get_nowait()
+            except queue.Empty:
+                return progress
+            self._in_flight.pop(flight.item.id, None)
+            self._new_work = True
+            progress = self._settle(flight, answer) or progress
+
+    def _settle(self, flight: _Flight, answer: Answer) -> bool:
+        item, now = flight.item, self.clock()
+        kind = item.kind.value
+        if answer.verdict is Verdict.DELIVERED:
+            self.store.ack(item.id)
+            self._summary.delivered += 1
+            metrics.report_outcome(kind, "delivered")
+            self._on_accepted(now, flight.level)
+            return True
+        if answer.verdict is Verdict.DEAD:
+            self.store.dead_letter(item.id, answer.detail)
+            self._summary.dead += 1
+            self._summary.last_error = answer.detail
+            metrics.report_outcome(kind, "dead")
+            if answer.status is None:
+                return True  # never reached Dagster (the sender logged why): proves nothing
+            if self._dead_log.ready(now):
+                more = self._dead_log.take_suppressed()
+                log.error(
+                    "Dagster rejected the %s, moved to the dead letters (`asset-watcher "
+                    "status` lists them, `asset-watcher retry-dead` requeues them): %s%s",
+                    describe(item),
+                    answer.detail,
+                    f" ({more} more dead-lettered since the last message)" if more else "",
+                )
+            self._on_accepted(now, flight.level)  # Dagster is up and read the request
+            return True
+        self._ready.clear()  # older reports may be due again before those read ahead
+        if answer.verdict is Verdict.PAUSE:
+            message = auth_message(answer, item)
+            self.gate.on_failure(now, flight.level, pause=True)
+            self.store.note_error(message)
+            self._summary.paused = True
+            self._summary.last_error = message
+            metrics.report_outcome(kind, "unauthorized")
+            metrics.set_paused(True)
+            if self._auth_log.ready(now):
+                log.error("%s", message)
+            return False
+        self._retry(flight, answer, now)
+        return False
+
+    def _retry(self, flight: _Flight, answer: Answer, now: float) -> None:
+        item, gate = flight.item, self.gate
+        retry_after = answer.retry_after_seconds
+        gate.on_failure(now, flight.level, retry_after)
+        if retry_after is None and not is_shared_trouble(answer.status):
+            # Perhaps this body alone upsets Dagster (a 500): it waits on its own.
+            next_at = now + backoff_seconds(item.attempts, cap_seconds=self.backoff_max_seconds)
+        else:
+            next_at = max(gate.hold_until, now + (retry_after or 0.0))
+        self.store.retry_later(item.id, next_at, answer.detail)
+        self._failed_ids.add(item.id)
+        self._summary.last_error = answer.detail
+        metrics.report_outcome(item.kind.value, "retried")
+        metrics.retried("network" if answer.status is None else f"http_{answer.status}")
+        log.debug("%s failed (%s), retry in %.1fs", describe(item), answer.detail, next_at - now)
+        if not self._failure_log.ready(now):
+            return
+        wait_seconds = max(0.0, gate.hold_until - now)
+        if gate.failed_attempts == 1:
+            log.warning(
+                "cannot deliver the %s to Dagster: %s; retrying with backoff (next attempt "
+                "in %.1fs), reports stay in the outbox",
+                describe(item),
+                answer.detail,
+                wait_seconds,
+            )
+        else:
+            since = now - (gate.failing_since if gate.failing_since is not None else now)
+            log.warning(
+                "still cannot deliver to Dagster after %.0fs (%d failed attempts): %s; "
+                "next attempt in %.0fs, reports stay in the outbox",
+                since,
+                gate.failed_attempts,
+                answer.detail,
+                wait_seconds,
+            )
+
+    def _on_accepted(self, now: float, dispatched_level: int) -> None:
+        gate = self.gate
+        paused, attempts = gate.paused, gate.failed_attempts
+        failing_for = gate.on_accepted(now, dispatched_level)
+        if failing_for is None:
+            return  # was not failing, or this answer is older than the latest failure
+        if len(self._failed_ids) > 1:
+            # Several reports failed together: an outage, not one bad report. Let them all
+            # go now, oldest first, instead of each waiting out its own backoff.
+            self.store.make_due(self._failed_ids)
+            self._ready.clear()
+        self._failed_ids.clear()
+        self._failure_log.reset()
+        self._auth_log.reset()
+        if paused:
+            metrics.set_paused(False)
+            log.info(
+                "Dagster accepts the API token again; delivery resumed after %.0fs paused",
+                failing_for,
+            )
+        else:
+            log.info(
+                "delivery to Dagster works again after %.1fs (%d failed attempts)",
+                failing_for,
+                attempts,
+            )
+
+    def _outbox_counts(self) -> tuple[int, int]:
+        counts = self.store.counts()
+        return counts.pending, counts.dead

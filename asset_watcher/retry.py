@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 
@@ -50,3 +51,122 @@ def retry_after_seconds(value: str | None, now: float) -> float | None:
     except (TypeError, ValueError):
         return None
     return max(0.0, moment.timestamp() - now)
+
+
+# A server's Retry-After is honoured up to this bound, so a garbled or far-future HTTP
+# date cannot park delivery for days.
+RETRY_AFTER_MAX_SECONDS = 3600.0
+
+# Answers that say nothing about the report itself: the link, a proxy or Dagster as a
+# whole is in trouble, so the report waits with all the others at the gate. Any other
+# retryable answer (a 500 from one poison body) backs that report off on its own, so it
+# cannot hold up the rest.
+SHARED_TROUBLE = frozenset({None, 408, 429, 502, 503, 504})
+
+
+def is_shared_trouble(status: int | None) -> bool:
+    return status in SHARED_TROUBLE
+
+
+@dataclass
+class Gate:
+    """When requests may start: the half of the retry policy shared by every report.
+
+    After a failure nothing starts before `hold_until` (backoff with full jitter, or the
+    server's Retry-After); then one probe goes alone, and its success opens the gate to
+    `max_in_flight` again. `level` counts failed probe rounds since the last success, so
+    eight requests failing together count once, not eight times. 401/403 also close the
+    gate (`paused`): delivery waits for the token to work, probing with one report.
+    """
+
+    cap_seconds: float = 300.0
+    base_seconds: float = 1.0
+    rand: Callable[[], float] = random.random
+    level: int = 0
+    paused: bool = False
+    hold_until: float = 0.0
+    failing_since: float | None = None
+    failed_attempts: int = 0
+
+    def capacity(self, now: float, in_flight: int, max_in_flight: int) -> int:
+        """How many more requests may start now."""
+        if now < self.hold_until:
+            return 0
+        if self.level > 0:
+            return 0 if in_flight else 1
+        return max(0, max_in_flight - in_flight)
+
+    def on_failure(
+        self,
+        now: float,
+        dispatched_level: int,
+        retry_after_seconds: float | None = None,
+        *,
+        pause: bool = False,
+    ) -> None:
+        """A request started at `dispatched_level` failed (retryable, or 401/403 with pause)."""
+        self.failed_attempts += 1
+        if self.failing_since is None:
+            self.failing_since = now
+        if pause:
+            self.paused = True
+        if retry_after_seconds is not None:
+            retry_after_seconds = min(max(retry_after_seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+        if dispatched_level == self.level:
+            # The first failure of this round: back off further.
+            self.level += 1
+            delay = retry_after_seconds
+            if delay is None:
+                delay = backoff_seconds(
+                    self.level - 1,
+                    base_seconds=self.base_seconds,
+                    cap_seconds=self.cap_seconds,
+                    rand=self.rand,
+                )
+            self.hold_until = max(self.hold_until, now + delay)
+        elif retry_after_seconds is not None:
+            # Started before the gate closed; its Retry-After still counts.
+            self.hold_until = max(self.hold_until, now + retry_after_seconds)
+
+    def on_accepted(self, now: float, dispatched_level: int | None = None) -> float | None:
+        """Dagster answered (2xx, or a 4xx about the report): open the gate.
+
+        Returns how long delivery had been failing, or None if the gate was open or stays
+        closed. An answer to a request started before the latest failed round (a lower
+        `dispatched_level`) says nothing about now and opens nothing. A pending
+        Retry-After hold is kept: the server asked for it.
+        """
+        if self.failing_since is None:
+            return None
+        if dispatched_level is not None and dispatched_level < self.level:
+            return None
+        failing_for = now - self.failing_since
+        self.level = 0
+        self.paused = False
+        self.failing_since = None
+        self.failed_attempts = 0
+        return failing_for
+
+
+@dataclass
+class LogThrottle:
+    """At most one message per `interval_seconds`, counting the ones held back."""
+
+    interval_seconds: float = 60.0
+    next_at: float = float("-inf")
+    suppressed: int = 0
+
+    def ready(self, now: float) -> bool:
+        if now >= self.next_at:
+            self.next_at = now + self.interval_seconds
+            return True
+        self.suppressed += 1
+        return False
+
+    def take_suppressed(self) -> int:
+        count, self.suppressed = self.suppressed, 0
+        return count
+
+    def reset(self) -> None:
+        self.next_at = float("-inf")
+        self.suppressed = 0

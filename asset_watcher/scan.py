@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from asset_watcher import metrics
 from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fingerprint, stat_of
 from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
 from asset_watcher.outbox import KnownVersion, StateStore
@@ -122,6 +123,8 @@ def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
         return str(exc.strerror)
     except OSError as exc:
         return f"cannot read: {exc.strerror or exc}"
+    if print_.digest is not None:
+        metrics.bytes_hashed(print_.stat.size)
     return print_
 
 
@@ -224,6 +227,7 @@ def _scan_file(
     reports = reports_for_version(rule, match, print_)
     if not dry_run:
         store.record_version(candidate.path, rule.name, print_.stat, print_.digest, reports)
+        metrics.file_detected()
     result.reported += 1
     if emit is not None:
         for report in reports:

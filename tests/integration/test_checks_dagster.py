@@ -11,7 +11,7 @@ from asset_watcher.config import Config, load_config
 from asset_watcher.fingerprint import fingerprint
 from asset_watcher.model import FileMatch
 from asset_watcher.outbox import StateStore
-from asset_watcher.reporter import Reporter, drain
+from asset_watcher.reporter import Deliverer, Reporter
 from asset_watcher.reports import reports_for_version
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
@@ -21,7 +21,7 @@ from tests.support.dagster_server import CheckEvaluationRecord, DagsterServer
 def deliver_all(config: Config, store: StateStore) -> None:
     reporter = Reporter(config.dagster, config.token)
     try:
-        drain(store, reporter, patience_seconds=10)
+        Deliverer(store, reporter).drain(patience_seconds=10)
     finally:
         reporter.close()
     counts = store.counts()

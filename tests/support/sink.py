@@ -102,6 +102,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True  # server_close() joins the handler threads
     allow_reuse_address = True
+    # socketserver's default backlog of 5 resets connections when a client opens dozens
+    # at once (max_in_flight = 32); a real server (uvicorn) listens with 2048.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], sink: Sink) -> None:
         self.sink = sink
@@ -124,6 +127,9 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes; with Nagle on, the body waits for
+    # the client's delayed ACK (40 ms on Linux). uvicorn/asyncio set TCP_NODELAY too.
+    disable_nagle_algorithm = True
     server: _Server
     timeout = 60  # idle keep-alive connections are closed after this many seconds
 

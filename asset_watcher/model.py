@@ -32,6 +32,18 @@ class FileStat:
     def same_version(self, other: FileStat) -> bool:
         return (self.size, self.mtime_ns, self.inode) == (other.size, other.mtime_ns, other.inode)
 
+    @property
+    def key(self) -> int:
+        """All four values folded into one integer, so a rescan compares one number per file.
+
+        Equal keys mean an unchanged file; unequal keys send the file to the full
+        comparison, so a Python whose tuple hash differs costs speed, never correctness."""
+        return stat_key(self.size, self.mtime_ns, self.inode, self.ctime_ns)
+
+
+def stat_key(size: int, mtime_ns: int, inode: int, ctime_ns: int) -> int:
+    return hash((size, mtime_ns, inode, ctime_ns))
+
 
 @dataclass(frozen=True)
 class Fingerprint:

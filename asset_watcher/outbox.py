@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS files (
     mtime_ns INTEGER NOT NULL,
     inode INTEGER NOT NULL,
     ctime_ns INTEGER NOT NULL,
+    stat_key INTEGER NOT NULL,
     digest TEXT,
     reported_at REAL NOT NULL,
     PRIMARY KEY (dir, name)
@@ -70,10 +71,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-# (size, mtime_ns, inode, ctime_ns, digest, rule) of a reported version
-KnownRow = tuple[int, int, int, int, "str | None", str]
-
-
 @dataclass(frozen=True)
 class KnownVersion:
     """The last reported version of a file."""
@@ -81,11 +78,6 @@ class KnownVersion:
     rule: str
     stat: FileStat
     digest: str | None
-
-    @classmethod
-    def from_row(cls, row: KnownRow) -> KnownVersion:
-        size, mtime_ns, inode, ctime_ns, digest, rule = row
-        return cls(rule, FileStat(size, mtime_ns, inode, ctime_ns), digest)
 
 
 @dataclass(frozen=True)
@@ -248,14 +240,13 @@ class StateStore:
     # -- reported versions -------------------------------------------------------------
 
     @_locked
-    def known_rows_in_folder(self, folder: str) -> dict[str, KnownRow]:
-        """The reported versions of the files directly inside `folder`, by file name, as
-        raw rows: a rescan compares 100,000s of them and builds objects for none."""
+    def stat_keys_in_folder(self, folder: str) -> dict[str, int]:
+        """`FileStat.key` of the reported version of each file directly inside `folder`,
+        by file name: a rescan compares 100,000s of them and builds no objects."""
         rows = self.db.execute(
-            "SELECT name, size, mtime_ns, inode, ctime_ns, digest, rule FROM files WHERE dir = ?",
-            (os.fsencode(folder),),
+            "SELECT name, stat_key FROM files WHERE dir = ?", (os.fsencode(folder),)
         ).fetchall()
-        return {row[0].decode("utf-8", "surrogateescape"): row[1:] for row in rows}
+        return {name.decode("utf-8", "surrogateescape"): key for name, key in rows}
 
     @_locked
     def known(self, path: str) -> KnownVersion | None:
@@ -276,7 +267,7 @@ class StateStore:
         now = time.time()
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     *_split(path),
                     rule,
@@ -284,6 +275,7 @@ class StateStore:
                     stat.mtime_ns,
                     stat.inode,
                     stat.ctime_ns,
+                    stat.key,
                     digest,
                     now,
                 ),
@@ -294,9 +286,9 @@ class StateStore:
         """Remember new stat values of a file whose content did not change (no report)."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE files SET size = ?, mtime_ns = ?, inode = ?, ctime_ns = ?"
+                "UPDATE files SET size = ?, mtime_ns = ?, inode = ?, ctime_ns = ?, stat_key = ?"
                 " WHERE dir = ? AND name = ?",
-                (stat.size, stat.mtime_ns, stat.inode, stat.ctime_ns, *_split(path)),
+                (stat.size, stat.mtime_ns, stat.inode, stat.ctime_ns, stat.key, *_split(path)),
             )
 
     def move_version(self, source: str, destination: str) -> bool:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from asset_watcher import metrics
 from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fingerprint, stat_of
-from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
+from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report, stat_key
 from asset_watcher.outbox import KnownVersion, StateStore
 from asset_watcher.reports import display_path, reports_for_version
 from asset_watcher.rules import Rule
@@ -67,11 +67,10 @@ def listing(rule: Rule) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
                     if ignored is not None and ignored(entry.name):
                         continue
                     try:
-                        if entry.is_dir(follow_symlinks=follow):
-                            if recursive:
-                                stack.append(f"{folder}/{entry.name}")
-                        elif entry.is_file(follow_symlinks=follow):
+                        if entry.is_file(follow_symlinks=follow):
                             files.append(entry)
+                        elif recursive and entry.is_dir(follow_symlinks=follow):
+                            stack.append(f"{folder}/{entry.name}")
                     except OSError as exc:  # vanished between listing and looking
                         log.info("skipped %s/%s: %s", display_path(folder), entry.name, exc)
             yield folder, fd, files
@@ -144,7 +143,7 @@ def scan(
         earlier = rules[:index]
         follow = bool(rule.settings.follow_symlinks)
         for folder, fd, entries in listing(rule):
-            known = store.known_rows_in_folder(folder) if entries else {}
+            known = store.stat_keys_in_folder(folder) if entries else {}
             for entry in entries:
                 result.files_seen += 1
                 if progress is not None and result.files_seen % 1000 == 0:
@@ -154,20 +153,15 @@ def scan(
                 except OSError as exc:
                     log.info("skipped %s/%s: %s", display_path(folder), entry.name, exc.strerror)
                     continue
-                row = known.get(entry.name)
-                # The hot path of a rescan: plain comparisons, no objects built.
-                if (
-                    not force
-                    and row is not None
-                    and row[0] == st.st_size
-                    and row[1] == st.st_mtime_ns
-                    and row[2] == st.st_ino
-                    and row[3] == st.st_ctime_ns
+                # The hot path of a rescan: one integer compared, no objects built.
+                if not force and known.get(entry.name) == stat_key(
+                    st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns
                 ):
                     result.unchanged += 1
                     continue
-                candidate = Candidate(f"{folder}/{entry.name}", folder, entry.name, stat_of(st))
-                previous = None if row is None else KnownVersion.from_row(row)
+                path = f"{folder}/{entry.name}"
+                candidate = Candidate(path, folder, entry.name, stat_of(st))
+                previous = store.known(path) if entry.name in known else None
                 changed = True if force else is_changed(candidate.stat, previous)
                 _scan_file(
                     rule,

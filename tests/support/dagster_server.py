@@ -293,6 +293,10 @@ class DagsterServer:
                 if "address already in use" not in str(exc).lower():
                     break
                 continue
+            except BaseException:  # e.g. KeyboardInterrupt: never leave the process behind
+                self._terminate()
+                self._cleanup_home()
+                raise
             self.startup_seconds = time.monotonic() - started
             atexit.register(self.stop)
             return self
@@ -359,13 +363,15 @@ class DagsterServer:
                     + self.log_text()[-4000:]
                 )
             time.sleep(0.05)  # poll interval inside the deadline loop
+        locations: list[CodeLocationStatus] = []
         while True:
-            locations = self.code_locations()
-            if locations and all(loc.load_status != "LOADING" for loc in locations):
-                break
+            with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
+                locations = self.code_locations()
+                if locations and all(loc.load_status != "LOADING" for loc in locations):
+                    break
             if time.monotonic() >= deadline:
                 raise DagsterServerError(f"code locations still loading: {locations!r}")
-            time.sleep(0.05)
+            time.sleep(0.05)  # poll interval inside the deadline loop
         errors = [loc for loc in locations if loc.error]
         if errors:
             raise DagsterServerError(
@@ -622,9 +628,10 @@ def _group_alive(pgid: int) -> bool:
 def _dagster_calls() -> Iterator[None]:
     """Scope for dagster imports/calls in the test process (``filterwarnings = error``).
 
-    Verified with 1.13.28: the calls used here emit no warnings, so nothing is filtered.
-    This is the single place to add a narrow filter should a dagster upgrade start
-    emitting one (match its category and message, never a blanket ignore).
+    Verified with 1.13.28: importing dagster and the calls used here emit no warnings and
+    leave the global filters alone, so nothing is filtered; ``catch_warnings`` only makes
+    sure dagster cannot change the process-wide filters. Should an upgrade start to warn,
+    add a narrow filter here (its category and message), never a blanket ignore.
     """
     with warnings.catch_warnings():
         yield

@@ -243,6 +243,16 @@ class StateStore:
         rule, size, mtime, inode, ctime, digest = row
         return KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
 
+    @_locked
+    def known_under(self, folder: str) -> list[str]:
+        """Paths of the reported files anywhere below `folder` (it was removed or moved)."""
+        raw = os.fsencode(folder).rstrip(b"/")
+        rows = self.db.execute(
+            "SELECT dir, name FROM files WHERE dir = ? OR (dir >= ? AND dir < ?)",
+            (raw, raw + b"/", raw + b"0"),  # b"0" sorts right after b"/"
+        )
+        return [os.fsdecode(d + b"/" + n) for d, n in rows]
+
     def record_version(
         self, path: str, rule: str, stat: FileStat, digest: str | None, reports: Iterable[Report]
     ) -> None:

@@ -166,3 +166,76 @@ def drain(
                 log.warning("delivery failed (%s), retrying in %.1fs", answer.detail, delay)
                 store.retry_later(item.id, clock() + delay, answer.detail)
     return summary
+
+
+# How often a waiting Deliverer looks at its stop event (run() cannot wait on two events).
+STOP_POLL_SECONDS = 0.2
+# While Dagster answers 401/403, try again (and log again) this often.
+AUTH_PAUSE_SECONDS = 60.0
+
+
+class Deliverer:
+    """Sends the outbox to Dagster for the long-running agent.
+
+    The agent calls `wake()` after queueing reports and runs `run(stop)` on a thread;
+    `scan` calls `drain()`. This is the minimal sequential form: one request at a time.
+    """
+
+    def __init__(
+        self, store: StateStore, reporter: Reporter, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = store
+        self.reporter = reporter
+        self.clock = clock
+        self._wake = threading.Event()
+        self.delivered = 0
+
+    def wake(self) -> None:
+        """New reports were queued."""
+        self._wake.set()
+
+    def drain(self, patience_seconds: float) -> DrainSummary:
+        return drain(self.store, self.reporter, patience_seconds=patience_seconds, clock=self.clock)
+
+    def _sleep(self, stop: threading.Event, seconds: float | None) -> None:
+        """Until woken, stopped, or `seconds` (None: no limit) passed."""
+        deadline = None if seconds is None else time.monotonic() + seconds
+        while not stop.is_set():
+            left = STOP_POLL_SECONDS if deadline is None else deadline - time.monotonic()
+            if left <= 0 or self._wake.wait(min(left, STOP_POLL_SECONDS)):
+                return
+
+    def run(self, stop: threading.Event) -> None:
+        """Deliver until `stop` is set. The request in flight then finishes (bounded by
+        the request timeout); everything else stays in the outbox."""
+        cap = self.reporter.settings.backoff_max_seconds
+        batch = max(self.reporter.settings.max_in_flight, 64)
+        while not stop.is_set():
+            self._wake.clear()
+            items = self.store.due(self.clock(), limit=batch)
+            if not items:
+                next_at = self.store.next_due_at()
+                self._sleep(stop, None if next_at is None else max(0.0, next_at - self.clock()))
+                continue
+            for item in items:
+                if stop.is_set():
+                    return
+                answer = self.reporter.post(item.kind, item.body)
+                if answer.verdict is Verdict.DELIVERED:
+                    self.store.ack(item.id)
+                    self.delivered += 1
+                elif answer.verdict is Verdict.DEAD:
+                    log.error("Dagster rejected a report, dead-lettered: %s", answer.detail)
+                    self.store.dead_letter(item.id, answer.detail)
+                elif answer.verdict is Verdict.PAUSE:
+                    message = auth_message(answer, item)
+                    log.error("%s", message)
+                    self.store.set_meta("last_error", message)
+                    stop.wait(AUTH_PAUSE_SECONDS)
+                    break
+                else:
+                    delay = answer.retry_after_seconds
+                    if delay is None:
+                        delay = backoff_seconds(item.attempts, cap_seconds=cap)
+                    log.warning("delivery failed (%s), retrying in %.1fs", answer.detail, delay)
+                    self.store.retry_later(item.id, self.clock() + delay, answer.detail)

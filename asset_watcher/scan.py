@@ -39,14 +39,18 @@ class Candidate:
     stat: FileStat
 
 
-def walk(rule: Rule) -> Iterator[tuple[str, list[Candidate]]]:
-    """Each folder under the rule's root with its regular files, skipping ignored names.
+def walk(
+    rule: Rule, start: str | None = None, *, recursive: bool | None = None
+) -> Iterator[tuple[str, list[Candidate]]]:
+    """Each folder under the rule's root (or `start`, a folder below it) with its regular
+    files, skipping ignored names.
 
     Symbolic links are not followed unless the rule says so; folders that vanish or
     cannot be listed mid-walk are logged and passed over.
     """
     follow = bool(rule.settings.follow_symlinks)
-    stack = [rule.root]
+    descend = bool(rule.settings.recursive) and (recursive is None or recursive)
+    stack = [start or rule.root]
     while stack:
         folder = stack.pop()
         files = []
@@ -57,7 +61,7 @@ def walk(rule: Rule) -> Iterator[tuple[str, list[Candidate]]]:
                         continue
                     try:
                         if entry.is_dir(follow_symlinks=follow):
-                            if rule.settings.recursive:
+                            if descend:
                                 stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=follow):
                             st = entry.stat(follow_symlinks=follow)
@@ -159,6 +163,9 @@ def _scan_file(
         return
     if any(isinstance(other.match(candidate.path), FileMatch) for other in earlier):
         return  # an earlier rule owns it and reports it on its own walk
+    if any(r.is_marker(candidate.path) for r in (*earlier, rule)):
+        log.debug("not reported: %s is a ready marker", display_path(candidate.path))
+        return
     settle = rule.settings.settle_seconds or 0.0
     if now - candidate.stat.mtime_ns / 1e9 < settle:
         log.info(

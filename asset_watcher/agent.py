@@ -51,8 +51,9 @@ SUPERVISE_SECONDS = 1.0
 # How often a folder that could not be watched (limit reached) is tried again.
 WATCH_RETRY_SECONDS = 60.0
 STATUS_SECONDS = 10.0
-# The main thread's longest wait: an external stop event is seen within this.
-MAIN_WAIT_SECONDS = 0.5
+# The main thread's longest wait on the stop event: a reload request or a message from
+# the pipeline (a folder moved in, a watch failure) is acted on within this.
+MAIN_WAIT_SECONDS = 0.1
 # At most one overflow warning per this many seconds (a flood overflows repeatedly).
 OVERFLOW_LOG_SECONDS = 10.0
 
@@ -175,7 +176,6 @@ class Agent:
         self.config_path = config_path or config.source or None
         self.stop_event = stop
         self.reload_requested = threading.Event()
-        self._wake = threading.Event()
         self._signal_name: str | None = None
         self._controls: queue.SimpleQueue[Change] = queue.SimpleQueue()
         self._watches: dict[tuple[str, str, bool, float], _WatchState] = {}
@@ -192,11 +192,9 @@ class Agent:
         def on_stop(signum: int, frame: FrameType | None) -> None:
             self._signal_name = signal.Signals(signum).name
             self.stop_event.set()
-            self._wake.set()
 
         def on_hup(signum: int, frame: FrameType | None) -> None:
             self.reload_requested.set()
-            self._wake.set()
 
         previous = {
             signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
@@ -284,7 +282,6 @@ class Agent:
     def _control(self, change: Change) -> None:
         """From the pipeline thread: watch business is done on the main thread."""
         self._controls.put(change)
-        self._wake.set()
 
     def _healthy(self) -> bool:
         return all(thread.is_alive() for thread in self._threads.all())
@@ -322,8 +319,7 @@ class Agent:
             wait = MAIN_WAIT_SECONDS
             if interval is not None:
                 wait = min(wait, max(0.0, next_ping - time.monotonic()))
-            self._wake.wait(wait)
-            self._wake.clear()
+            self.stop_event.wait(wait)
         if self._signal_name:
             log.info("received %s, stopping", self._signal_name)
 

@@ -46,6 +46,8 @@ CREATE TABLE IF NOT EXISTS files (
     reported_at REAL NOT NULL,
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
+-- Recognises a move whose two halves inotify could not pair (into a new folder).
+CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -242,6 +244,22 @@ class StateStore:
             return None
         rule, size, mtime, inode, ctime, digest = row
         return KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
+
+    @_locked
+    def known_by_inode(self, inode: int) -> list[tuple[str, KnownVersion]]:
+        """Reported versions with this inode number (a file renamed behind our back)."""
+        rows = self.db.execute(
+            "SELECT dir, name, rule, size, mtime_ns, inode, ctime_ns, digest FROM files"
+            " WHERE inode = ?",
+            (inode,),
+        )
+        return [
+            (
+                os.fsdecode(d + b"/" + n),
+                KnownVersion(rule, FileStat(size, mtime, ino, ctime), digest),
+            )
+            for d, n, rule, size, mtime, ino, ctime, digest in rows
+        ]
 
     @_locked
     def known_under(self, folder: str) -> list[str]:

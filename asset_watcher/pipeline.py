@@ -325,6 +325,28 @@ class Pipeline:
 
     # -- a settled file ----------------------------------------------------------------
 
+    def _moved_unseen(self, path: str, stat: FileStat, match: FileMatch) -> bool:
+        """A reported file renamed where inotify could not pair the rename (into a folder
+        whose watch did not exist yet): same inode, size and mtime under a path that is
+        gone, same rule and asset. Carry its version over, as for a paired rename."""
+        for other, version in self.store.known_by_inode(stat.inode):
+            if (version.stat.size, version.stat.mtime_ns) != (stat.size, stat.mtime_ns):
+                continue
+            if os.path.lexists(other):
+                continue
+            previous = owner(self.rules, other)
+            if previous is None or (
+                previous.rule_name,
+                previous.asset_key,
+                previous.partition,
+            ) != (match.rule_name, match.asset_key, match.partition):
+                continue
+            if self.store.move_version(other, path):
+                self.counts.moved += 1
+                log.debug("moved %s -> %s (by inode)", display_path(other), display_path(path))
+                return True
+        return False
+
     def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
         """Record a new version of a quiet file, unless it is none."""
         path = settled.path
@@ -337,6 +359,8 @@ class Pipeline:
             changed = is_changed(settled.stat, known)
             if changed is False:
                 return
+        if known is None and self._moved_unseen(path, settled.stat, match):
+            return
         marker = rule.marker_for(match)
         if marker is not None and not os.path.lexists(marker):
             log.info(

@@ -171,10 +171,14 @@ def limit_advice(errno_: int | None) -> str:
     """What an operator should change when inotify runs out (which sysctl to raise)."""
     if errno_ == errno.ENOSPC:
         now = _read_int("/proc/sys/fs/inotify/max_user_watches")
+        namespaced = _read_int("/proc/sys/user/max_inotify_watches")
+        extra = ""
+        if namespaced is not None and now is not None and namespaced < now:
+            extra = f"; in this user namespace user.max_inotify_watches = {namespaced}"
         return (
-            f"the inotify watch limit is reached (fs.inotify.max_user_watches = {now}; one "
-            "watch per folder): raise it, e.g. `sysctl -w fs.inotify.max_user_watches=524288` "
-            "and persist it in /etc/sysctl.d/"
+            f"the inotify watch limit is reached (fs.inotify.max_user_watches = {now}{extra}; "
+            "one watch per folder): raise it, e.g. "
+            "`sysctl -w fs.inotify.max_user_watches=524288` and persist it in /etc/sysctl.d/"
         )
     if errno_ == errno.EMFILE:
         now = _read_int("/proc/sys/fs/inotify/max_user_instances")

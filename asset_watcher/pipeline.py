@@ -130,10 +130,10 @@ class Pipeline:
                 if item is _STOP:
                     stopping = True
                 else:
-                    self._handle_safely(item)
+                    self.handle(item)
                 handled += 1
                 item = self._poll() if handled < BATCH or stopping else None
-            self._settle_due()
+            self.settle_due()
         if self._parked:
             log.info("%d file(s) still wait for their ready marker", len(self._parked_marker))
 
@@ -153,7 +153,8 @@ class Pipeline:
         except queue.Empty:
             return None
 
-    def _handle_safely(self, item: Item) -> None:
+    def handle(self, item: Item) -> None:
+        """One change or found file (what `run` does for each queued item)."""
         try:
             if isinstance(item, Found):
                 self._found(item)
@@ -162,7 +163,8 @@ class Pipeline:
         except Exception:  # one odd file must not stop the agent
             log.exception("could not handle %r", item)
 
-    def _settle_due(self) -> None:
+    def settle_due(self) -> None:
+        """Look again at files whose quiet time is over; record those still unchanged."""
         for path in self.settler.due(limit=BATCH):
             try:
                 found = self._owner(path)

@@ -87,6 +87,7 @@ class AgentProcess:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     prefix: list[str] = field(default_factory=list)  # e.g. an `unshare` wrapper
+    log_level: str = "debug"
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> AgentProcess:
@@ -102,7 +103,7 @@ class AgentProcess:
                 "-c",
                 str(self.config_path),
                 "--log-level",
-                "debug",
+                self.log_level,
             ],
             env=env,
             stdout=subprocess.DEVNULL,

@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     _common_options(common, argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    run = commands.add_parser(
+        "run", parents=[common], help="the service: catch-up scan, then watch and report"
+    )
+    run.set_defaults(handler=cmd_run)
+
     scan = commands.add_parser("scan", parents=[common], help="report new or changed files, once")
     scan.add_argument(
         "--dry-run", action="store_true", help="print what would be sent, change nothing"
@@ -136,6 +141,16 @@ def _load(args: argparse.Namespace, *, require_file: bool = True) -> Config:
     secrets = [config.token.get_secret_value()] if config.token else []
     setup_logging(args.log_level or "info", args.log_format or "text", secrets)
     return config
+
+
+# -- run ----------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from asset_watcher.agent import run_agent
+
+    config = _load(args)
+    return run_agent(config, config_path=args.config)
 
 
 # -- scan ---------------------------------------------------------------------------------

@@ -393,32 +393,6 @@ def _print_banner(layout: DemoLayout, url: str) -> None:
 
 
 def _run_watcher(config: Config, config_path: Path, stop: threading.Event) -> int:
-    try:
-        from asset_watcher.agent import run_agent
-    except ModuleNotFoundError as exc:
-        if exc.name != "asset_watcher.agent":
-            raise
-        return _fallback_watch(config, stop)
-    status = run_agent(config, config_path=str(config_path), stop=stop, install_signals=False)
-    return int(status)
+    from asset_watcher.agent import run_agent
 
-
-# --- FALLBACK until `asset_watcher.agent` (issue 3) is merged; remove it then. -------------
-def _fallback_watch(config: Config, stop: threading.Event) -> int:
-    """Scan and deliver once a second: the one-shot pipeline in a loop, no inotify."""
-    from asset_watcher.outbox import StateStore
-    from asset_watcher.reporter import Deliverer, Reporter
-    from asset_watcher.rules import compile_rules
-    from asset_watcher.scan import scan
-
-    rules = compile_rules(config)
-    reporter = Reporter(config.dagster, config.token)
-    try:
-        with StateStore(config.state.resolved_directory()) as store:
-            while not stop.is_set():
-                scan(rules, store)
-                Deliverer(store, reporter).drain(0.0)
-                stop.wait(1.0)
-    finally:
-        reporter.close()
-    return 0
+    return run_agent(config, config_path=str(config_path), stop=stop, install_signals=False)

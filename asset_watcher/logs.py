@@ -61,3 +61,14 @@ def setup_logging(level: str = "info", fmt: str = "text", secrets: Iterable[str]
     root.setLevel(level.upper())
     for noisy in ("urllib3", "watchdog"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+
+
+def add_secret(secret: str) -> None:
+    """Redact one more secret (a token read on reload) without touching level or format."""
+    if not secret:
+        return
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        ours = getattr(handler, "_asset_watcher", False)
+        if ours and isinstance(formatter, RedactingFormatter) and secret not in formatter.secrets:
+            formatter.secrets.append(secret)

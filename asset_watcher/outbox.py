@@ -47,6 +47,8 @@ CREATE TABLE IF NOT EXISTS files (
     reported_at REAL NOT NULL,
     PRIMARY KEY (dir, name)
 ) WITHOUT ROWID;
+-- Recognises a move whose two halves inotify could not pair (into a new folder).
+CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,
@@ -259,6 +261,32 @@ class StateStore:
             return None
         rule, size, mtime, inode, ctime, digest = row
         return KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
+
+    @_locked
+    def known_by_inode(self, inode: int) -> list[tuple[str, KnownVersion]]:
+        """Reported versions with this inode number (a file renamed behind our back)."""
+        rows = self.db.execute(
+            "SELECT dir, name, rule, size, mtime_ns, inode, ctime_ns, digest FROM files"
+            " WHERE inode = ?",
+            (inode,),
+        )
+        return [
+            (
+                os.fsdecode(d + b"/" + n),
+                KnownVersion(rule, FileStat(size, mtime, ino, ctime), digest),
+            )
+            for d, n, rule, size, mtime, ino, ctime, digest in rows
+        ]
+
+    @_locked
+    def known_under(self, folder: str) -> list[str]:
+        """Paths of the reported files anywhere below `folder` (it was removed or moved)."""
+        raw = os.fsencode(folder).rstrip(b"/")
+        rows = self.db.execute(
+            "SELECT dir, name FROM files WHERE dir = ? OR (dir >= ? AND dir < ?)",
+            (raw, raw + b"/", raw + b"0"),  # b"0" sorts right after b"/"
+        )
+        return [os.fsdecode(d + b"/" + n) for d, n in rows]
 
     def record_version(
         self, path: str, rule: str, stat: FileStat, digest: str | None, reports: Iterable[Report]

@@ -10,6 +10,7 @@ import fnmatch
 import os
 import re
 import socket
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -178,7 +179,36 @@ class Rule:
             rendered = self.settings.ready_marker.format_map(dict(match.fields))
         except KeyError:
             return None
-        return os.path.join(self.root, rendered)
+        # An empty {reldir} renders "/name.done": still relative to the root.
+        return os.path.normpath(os.path.join(self.root, rendered.lstrip("/")))
+
+    @cached_property
+    def marker_regex(self) -> re.Pattern[str] | None:
+        """What this rule's ready markers look like, relative to the root: the template
+        with each field as a wildcard (`rule` and `host` as their values)."""
+        template = self.settings.ready_marker
+        if not template:
+            return None
+        fixed = {"rule": self.name, "host": self.host}
+        out = []
+        for literal, field, _, _ in string.Formatter().parse(template):
+            out.append(re.escape(literal))
+            if field is None:
+                continue
+            if field in fixed:
+                out.append(re.escape(fixed[field]))
+            else:
+                out.append(".*" if field in ("reldir", "suffix") else ".+")
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+    def is_marker(self, path: str) -> bool:
+        """Whether `path` is (shaped like) one of this rule's ready markers, which are
+        never reported themselves."""
+        regex = self.marker_regex
+        rel = self.relative(path)
+        if regex is None or rel is None:
+            return False
+        return bool(regex.match(rel) or regex.match("/" + rel))
 
 
 def _is_utf8(text: str) -> bool:
@@ -201,6 +231,11 @@ def owner(rules: Sequence[Rule], path: str) -> FileMatch | None:
         if isinstance(found, FileMatch):
             return found
     return None
+
+
+def marker_rule(rules: Sequence[Rule], path: str) -> Rule | None:
+    """The rule whose ready marker `path` is, if any: markers are never reported."""
+    return next((rule for rule in rules if rule.is_marker(path)), None)
 
 
 def explain(rules: Sequence[Rule], path: str) -> tuple[FileMatch | None, list[tuple[str, str]]]:

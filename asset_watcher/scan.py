@@ -40,24 +40,28 @@ class Candidate:
     stat: FileStat
 
 
-def listing(rule: Rule) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
-    """Each folder under the rule's root, an open descriptor of it, and its files (not
-    yet stat'ed), skipping ignored names. Stat a file relative to the descriptor
-    (`os.stat(name, dir_fd=...)`): that spares resolving its whole path again.
+def listing(
+    rule: Rule, start: str | None = None, *, recursive: bool | None = None
+) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
+    """Each folder under the rule's root (or `start`, a folder below it), an open
+    descriptor of it, and its files (not yet stat'ed), skipping ignored names. Stat a file
+    relative to the descriptor (`os.stat(name, dir_fd=...)`): that spares resolving its
+    whole path again.
 
     Symbolic links are not followed unless the rule says so; folders that vanish or
     cannot be listed mid-walk are logged and passed over.
     """
     follow = bool(rule.settings.follow_symlinks)
-    recursive = bool(rule.settings.recursive)
+    descend = bool(rule.settings.recursive) and (recursive is None or recursive)
     ignored = rule.ignore_regex.match if rule.ignore_regex is not None else None
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-    stack = [rule.root]
+    top = start or rule.root
+    stack = [top]
     while stack:
         folder = stack.pop()
         files = []
         try:
-            fd = os.open(folder, flags | (0 if follow or folder == rule.root else os.O_NOFOLLOW))
+            fd = os.open(folder, flags | (0 if follow or folder == top else os.O_NOFOLLOW))
         except OSError as exc:
             log.warning("cannot list %s: %s", display_path(folder), exc.strerror)
             continue
@@ -69,7 +73,7 @@ def listing(rule: Rule) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
                     try:
                         if entry.is_file(follow_symlinks=follow):
                             files.append(entry)
-                        elif recursive and entry.is_dir(follow_symlinks=follow):
+                        elif descend and entry.is_dir(follow_symlinks=follow):
                             stack.append(f"{folder}/{entry.name}")
                     except OSError as exc:  # vanished between listing and looking
                         log.info("skipped %s/%s: %s", display_path(folder), entry.name, exc)
@@ -80,10 +84,12 @@ def listing(rule: Rule) -> Iterator[tuple[str, int, list[os.DirEntry[str]]]]:
             os.close(fd)
 
 
-def walk(rule: Rule) -> Iterator[tuple[str, list[Candidate]]]:
+def walk(
+    rule: Rule, start: str | None = None, *, recursive: bool | None = None
+) -> Iterator[tuple[str, list[Candidate]]]:
     """Like `listing`, with each file's stat; files that vanish meanwhile are left out."""
     follow = bool(rule.settings.follow_symlinks)
-    for folder, fd, entries in listing(rule):
+    for folder, fd, entries in listing(rule, start, recursive=recursive):
         candidates = []
         for entry in entries:
             try:
@@ -197,6 +203,9 @@ def _scan_file(
         return
     if any(isinstance(other.match(candidate.path), FileMatch) for other in earlier):
         return  # an earlier rule owns it and reports it on its own walk
+    if any(r.is_marker(candidate.path) for r in (*earlier, rule)):
+        log.debug("not reported: %s is a ready marker", display_path(candidate.path))
+        return
     settle = rule.settings.settle_seconds or 0.0
     # A future mtime (a sender's clock, a preserved timestamp) says nothing about an
     # ongoing write; only a recent one does.

@@ -1,0 +1,474 @@
+"""Watching folders with watchdog: the only module that imports it.
+
+A watchdog observer dispatches every event on its own thread under a lock, so the
+handler here only translates the event into a small frozen `Change` and puts it on a
+queue; settling, hashing and HTTP happen elsewhere.
+
+With inotify only the events that matter are asked for: creations, renames, deletions
+and close-after-write (no IN_MODIFY/IN_ATTRIB/IN_OPEN): a slow upload costs no events
+until it closes, and our own reads of a file do not echo back.
+
+watchdog 6 drops the kernel's IN_Q_OVERFLOW and swallows a failed watch on a new
+subfolder (FIELD-NOTES 6). We wrap two of its private functions to hear about both
+(`_install_inotify_hooks`); where a watchdog version lacks them we say so once and the
+periodic rescan remains the safety net.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import errno
+import functools
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers.api import BaseObserver
+
+log = logging.getLogger(__name__)
+
+ObserverKind = Literal["inotify", "polling"]
+
+# Where inotify sees only this host's own writes: a partner writing through the file
+# server would never produce an event here.
+NETWORK_FILESYSTEMS = frozenset(
+    {
+        "9p",
+        "afs",
+        "beegfs",
+        "ceph",
+        "cifs",
+        "coda",
+        "davfs",
+        "fuse.glusterfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+        "fuse.sshfs",
+        "glusterfs",
+        "gpfs",
+        "lustre",
+        "ncpfs",
+        "nfs",
+        "nfs4",
+        "smb3",
+        "smbfs",
+        "virtiofs",
+    }
+)
+
+STOP_TIMEOUT_SECONDS = 5.0
+
+
+class ChangeKind(str, enum.Enum):
+    """The small vocabulary the rest of the agent understands."""
+
+    CREATED = "created"  # a file appeared (inotify): it may still be being written
+    WRITTEN = "written"  # closed after writing, or moved into the tree from outside
+    MODIFIED = "modified"  # polling saw it appear or change (no close events there)
+    MOVED = "moved"  # renamed within the watched tree: path -> dest
+    DELETED = "deleted"  # removed, or moved out of the tree
+    FOLDER_CREATED = "folder-created"  # a subfolder appeared (its watch is already in place)
+    FOLDER_MOVED_IN = "folder-moved-in"  # a folder came from outside: not watched yet
+    FOLDER_DELETED = "folder-deleted"  # a subfolder was removed or moved out
+    ROOT_GONE = "root-gone"  # the watched folder itself was deleted
+    OVERFLOW = "overflow"  # the kernel dropped events
+    WATCH_FAILED = "watch-failed"  # a subfolder could not be watched (errno set)
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    path: str
+    dest: str | None = None
+    root: str = ""  # the watched folder that reported it
+    at: float = 0.0  # time.monotonic() when the handler saw it
+    errno: int | None = None
+
+
+class WatchError(Exception):
+    """A folder could not be watched; `errno` tells a limit from anything else."""
+
+    def __init__(self, path: str, errno_: int | None, message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno_
+
+    @property
+    def is_limit(self) -> bool:
+        return self.errno in (errno.ENOSPC, errno.EMFILE)
+
+
+# -- choosing an observer -----------------------------------------------------------------
+
+
+def _unescape_mount(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo.
+    return field.encode().decode("unicode_escape")
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the file system holding `path` (longest mount point prefix)."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return None
+    real = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for line in lines:
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if not sep or len(fields) < 5 or not right:
+            continue
+        mount_point = _unescape_mount(fields[4])
+        inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) >= best[0]):
+            best = (len(mount_point), right.split()[0])
+    return best[1] if best else None
+
+
+def choose_observer(setting: str, path: str) -> tuple[ObserverKind, str]:
+    """`auto` means inotify, except where it cannot see others' writes; with a reason."""
+    if setting == "polling":
+        return "polling", "observer = polling"
+    if setting == "inotify":
+        return "inotify", "observer = inotify"
+    if not sys.platform.startswith("linux"):
+        return "polling", f"no inotify on {sys.platform}"
+    fstype = filesystem_type(path)
+    if fstype in NETWORK_FILESYSTEMS or (fstype or "").startswith("fuse."):
+        return "polling", f"{path} is on {fstype}, where inotify misses remote writes"
+    return "inotify", f"{path} is on {fstype or 'a local file system'}"
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path, encoding="ascii") as handle:
+            return int(handle.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def limit_advice(errno_: int | None) -> str:
+    """What an operator should change when inotify runs out (which sysctl to raise)."""
+    if errno_ == errno.ENOSPC:
+        now = _read_int("/proc/sys/fs/inotify/max_user_watches")
+        namespaced = _read_int("/proc/sys/user/max_inotify_watches")
+        extra = ""
+        if namespaced is not None and now is not None and namespaced < now:
+            extra = f"; in this user namespace user.max_inotify_watches = {namespaced}"
+        return (
+            f"the inotify watch limit is reached (fs.inotify.max_user_watches = {now}{extra}; "
+            "one watch per folder): raise it, e.g. "
+            "`sysctl -w fs.inotify.max_user_watches=524288` and persist it in /etc/sysctl.d/"
+        )
+    if errno_ == errno.EMFILE:
+        now = _read_int("/proc/sys/fs/inotify/max_user_instances")
+        return (
+            f"the inotify instance limit is reached (fs.inotify.max_user_instances = {now}): "
+            "raise it, e.g. `sysctl -w fs.inotify.max_user_instances=512` and persist it in "
+            "/etc/sysctl.d/"
+        )
+    return os.strerror(errno_) if errno_ else "unknown error"
+
+
+# -- hooks into watchdog's inotify --------------------------------------------------------
+
+_hooks_lock = threading.Lock()
+_hooks_installed: bool | None = None  # None: not tried yet
+_overflow_listeners: set[Callable[[], None]] = set()
+_failure_listeners: set[Callable[[str, int], None]] = set()
+IN_Q_OVERFLOW = 0x4000
+
+
+def _notify_overflow() -> None:
+    with _hooks_lock:
+        listeners = list(_overflow_listeners)
+    for listener in listeners:
+        listener()
+
+
+def _notify_failure(path: str, errno_: int) -> None:
+    with _hooks_lock:
+        listeners = list(_failure_listeners)
+    for listener in listeners:
+        listener(path, errno_)
+
+
+def _install_inotify_hooks() -> bool:
+    """Wrap `Inotify._parse_event_buffer` (sees the wd -1 overflow record watchdog then
+    skips) and `Inotify._add_watch` (sees ENOSPC for subfolders that watchdog then
+    ignores). Both wrappers pass everything through unchanged. Idempotent."""
+    global _hooks_installed
+    with _hooks_lock:
+        if _hooks_installed is not None:
+            return _hooks_installed
+        try:
+            from watchdog.observers import inotify_c
+        except ImportError:  # not Linux
+            _hooks_installed = False
+            return False
+        inotify = getattr(inotify_c, "Inotify", None)
+        parse = inotify.__dict__.get("_parse_event_buffer") if inotify else None
+        add = inotify.__dict__.get("_add_watch") if inotify else None
+        if not isinstance(parse, staticmethod) or not callable(add):
+            log.warning(
+                "this watchdog version offers no way to notice inotify queue overflows; "
+                "lost events are found by the periodic rescan (rescan_interval_seconds)"
+            )
+            _hooks_installed = False
+            return False
+        original_parse = parse.__func__
+
+        def parse_event_buffer(event_buffer: bytes) -> Iterator[tuple[int, int, int, bytes]]:
+            for wd, mask, cookie, name in original_parse(event_buffer):
+                if wd == -1 and mask & IN_Q_OVERFLOW:
+                    _notify_overflow()
+                yield wd, mask, cookie, name
+
+        @functools.wraps(add)
+        def add_watch(self: Any, path: bytes, mask: int) -> int:
+            try:
+                return add(self, path, mask)  # type: ignore[no-any-return]
+            except OSError as exc:
+                _notify_failure(os.fsdecode(path), exc.errno or 0)
+                raise
+
+        inotify._parse_event_buffer = staticmethod(parse_event_buffer)  # type: ignore[union-attr]
+        inotify._add_watch = add_watch  # type: ignore[union-attr]
+        _hooks_installed = True
+        return True
+
+
+def _inotify_fds() -> set[int]:
+    fds = set()
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify":
+                    fds.add(int(name))
+    return fds
+
+
+# -- the handler and one watched folder ---------------------------------------------------
+
+_INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileClosedEvent,
+]
+_POLLING_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+]
+
+
+def _text(path: bytes | str) -> str:
+    return os.fsdecode(path)
+
+
+class _Handler(FileSystemEventHandler):
+    """Translate and enqueue; nothing slow may happen on the observer's thread."""
+
+    def __init__(self, root: str, polling: bool, put: Callable[[Change], None]) -> None:
+        super().__init__()
+        self.root = root
+        self.polling = polling
+        self.put = put
+
+    def change(self, kind: ChangeKind, path: str, dest: str | None = None) -> None:
+        self.put(Change(kind, path, dest, self.root, time.monotonic()))
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        src = _text(event.src_path)
+        dest = _text(event.dest_path) if event.dest_path else ""
+        kind = type(event)
+        if kind is FileClosedEvent:
+            self.change(ChangeKind.WRITTEN, src)
+        elif kind is FileModifiedEvent:
+            self.change(ChangeKind.MODIFIED, src)
+        elif kind is FileCreatedEvent:
+            self.change(ChangeKind.MODIFIED if self.polling else ChangeKind.CREATED, src)
+        elif kind is FileMovedEvent:
+            if not src:
+                self.change(ChangeKind.WRITTEN, dest)
+            elif not dest:
+                self.change(ChangeKind.DELETED, src)
+            else:
+                self.change(ChangeKind.MOVED, src, dest)
+        elif kind is FileDeletedEvent:
+            self.change(ChangeKind.DELETED, src)
+        elif kind is DirCreatedEvent:
+            if not self.polling:  # polling lists the new folder's files itself
+                self.change(ChangeKind.FOLDER_CREATED, src)
+        elif kind is DirMovedEvent:
+            if not src:
+                self.change(ChangeKind.FOLDER_MOVED_IN, dest)
+            elif not dest:
+                self.change(ChangeKind.FOLDER_DELETED, src)
+            # A move within the tree arrives as one FileMovedEvent per file as well.
+        elif kind is DirDeletedEvent:
+            if os.path.normpath(src) == self.root:
+                self.change(ChangeKind.ROOT_GONE, src)
+            else:
+                self.change(ChangeKind.FOLDER_DELETED, src)
+
+
+def _root_identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if os.path.isdir(path) else None
+
+
+class Watch:
+    """One watched folder: its own watchdog observer, so one failing folder (a watch
+    limit, a deleted root) can be restarted without touching the others."""
+
+    def __init__(
+        self,
+        root: str,
+        kind: ObserverKind,
+        put: Callable[[Change], None],
+        *,
+        recursive: bool = True,
+        poll_interval_seconds: float = 5.0,
+    ) -> None:
+        self.root = os.path.normpath(root)
+        self.kind = kind
+        self.recursive = recursive
+        self.poll_interval_seconds = poll_interval_seconds
+        self.put = put  # called on watchdog's thread: must only enqueue
+        self.identity: tuple[int, int] | None = None
+        self._observer: BaseObserver | None = None
+
+    def __repr__(self) -> str:
+        return f"Watch({self.root!r}, {self.kind})"
+
+    def _overflowed(self) -> None:
+        self.put(Change(ChangeKind.OVERFLOW, self.root, root=self.root, at=time.monotonic()))
+
+    def _failed(self, path: str, errno_: int) -> None:
+        if path == self.root or path.startswith(self.root.rstrip("/") + "/"):
+            self.put(
+                Change(
+                    ChangeKind.WATCH_FAILED,
+                    path,
+                    root=self.root,
+                    at=time.monotonic(),
+                    errno=errno_,
+                )
+            )
+
+    def start(self) -> None:
+        """Put the watches in place; raises WatchError (watchdog's half-built inotify
+        instance is closed, so a failed attempt does not keep holding watches)."""
+        self.identity = _root_identity(self.root)
+        if self.identity is None:
+            raise WatchError(self.root, errno.ENOENT, f"{self.root} is not a folder (now)")
+        observer: BaseObserver
+        if self.kind == "inotify":
+            from watchdog.observers.inotify import InotifyObserver
+
+            _install_inotify_hooks()
+            observer = InotifyObserver(generate_full_events=True)
+            events = _INOTIFY_EVENTS
+        else:
+            from watchdog.observers.polling import PollingObserverVFS
+
+            # lstat: a symbolic link to a folder is not descended into.
+            observer = PollingObserverVFS(
+                os.lstat,
+                os.scandir,
+                polling_interval=self.poll_interval_seconds,  # type: ignore[arg-type]
+            )
+            events = _POLLING_EVENTS
+        handler = _Handler(self.root, self.kind == "polling", self.put)
+        observer.schedule(handler, self.root, recursive=self.recursive, event_filter=events)
+        if self.kind == "inotify":
+            with _hooks_lock:
+                _overflow_listeners.add(self._overflowed)
+                _failure_listeners.add(self._failed)
+        before = _inotify_fds() if self.kind == "inotify" else set()
+        try:
+            observer.start()
+        except OSError as exc:
+            self._unlisten()
+            # watchdog leaves the inotify fd of a failed Inotify() open, with every
+            # watch it managed to add before the error still counted against the limit.
+            for fd in _inotify_fds() - before:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            raise WatchError(self.root, exc.errno, str(exc.strerror or exc)) from None
+        self._observer = observer
+
+    def _unlisten(self) -> None:
+        with _hooks_lock:
+            _overflow_listeners.discard(self._overflowed)
+            _failure_listeners.discard(self._failed)
+
+    def is_alive(self) -> bool:
+        """Watching, with every emitter running, and the root still the same folder."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        if not observer.emitters or not all(e.is_alive() for e in observer.emitters):
+            return False
+        return _root_identity(self.root) == self.identity
+
+    def add_folder_watches(self, folder: str) -> bool:
+        """Watch a folder tree that was moved in from outside (watchdog only watches
+        folders created in place). False when this watchdog gives no way to do it."""
+        observer = self._observer
+        if observer is None or self.kind != "inotify" or not self.recursive:
+            return observer is not None
+        for emitter in list(observer.emitters):
+            inotify = getattr(getattr(emitter, "_inotify", None), "_inotify", None)
+            add_watch = getattr(inotify, "add_watch", None)
+            if add_watch is None:
+                return False
+            for current, dirnames, _ in os.walk(folder):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    try:
+                        add_watch(os.fsencode(current))
+                    except OSError as exc:
+                        self._failed(current, exc.errno or 0)
+                        return True
+                dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(current, d))]
+        return True
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
+        self._unlisten()
+        observer, self._observer = self._observer, None
+        if observer is None:
+            return
+        with contextlib.suppress(Exception):  # a dead emitter must not stop the shutdown
+            observer.stop()
+        observer.join(timeout)

@@ -1,0 +1,603 @@
+"""What the running agent does with a change: settle it, read it once, queue its reports.
+
+Two threads. The `Pipeline` owns the settle bookkeeping and is the only writer of new
+versions: changes from the observers and files found by the `Scanner` arrive on one
+queue, in order. The `Scanner` walks folders (catch-up at start, periodic and on-demand
+rescans, new subfolders) and hands over only files whose stat differs from their
+reported version, so an unchanged tree costs one stat per file and no reads.
+
+Both share one code path with `scan` and `explain` for ownership (`rules.owner`) and for
+reading a file (`scan.take_version`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from asset_watcher import metrics
+from asset_watcher.errors import StateError
+from asset_watcher.model import FileMatch, FileStat
+from asset_watcher.observe import Change, ChangeKind
+from asset_watcher.outbox import StateStore
+from asset_watcher.reports import deleted_report, display_path, reports_for_version
+from asset_watcher.rules import Rule, marker_rule, owner
+from asset_watcher.scan import Candidate, file_stat, is_changed, take_version, walk
+from asset_watcher.settle import Origin, Settled, Settler
+
+log = logging.getLogger(__name__)
+
+# Events handled before the pipeline looks at due files again, and due files settled
+# before it looks at events again: neither starves the other during a burst.
+BATCH = 500
+# A scan pauses while this many files wait in the pipeline (bounded memory on a
+# first start over a full drop folder).
+SCAN_BACKLOG_LIMIT = 5000
+# How long a wait may last before a thread looks at its stop event again.
+IDLE_WAIT_SECONDS = 0.5
+# Retry delay for a version that could not be recorded (state directory full).
+STATE_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Found:
+    """A file a scan found to differ from its reported version."""
+
+    path: str
+    stat: FileStat
+
+
+_STOP = object()
+Item = Change | Found | object
+
+
+def quiet_for_seconds(stat: FileStat, now: float) -> float:
+    """How long, by its own timestamps, a file has not been written (ctime cannot be set
+    back by a client that preserves mtimes)."""
+    return now - max(stat.mtime_ns, stat.ctime_ns) / 1e9
+
+
+@dataclass
+class PipelineCounts:
+    reported: int = 0  # file versions recorded (each with its reports)
+    skipped: int = 0
+    moved: int = 0
+    deleted: int = 0
+
+
+class Pipeline:
+    """Changes in; new versions and their reports out, into the outbox."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        store: StateStore,
+        *,
+        on_queued: Callable[[], None] = lambda: None,
+        control: Callable[[Change], None] = lambda change: None,
+        request_folder_scan: Callable[[str, bool], None] = lambda folder, recursive: None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.on_queued = on_queued
+        self.control = control
+        self.request_folder_scan = request_folder_scan
+        self.wall_clock = wall_clock
+        self.settler = Settler(clock)
+        self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
+        self.counts = PipelineCounts()
+        # marker path -> {data path: its settled version}, for files waiting on a marker
+        self._parked: dict[str, dict[str, Settled]] = {}
+        self._parked_marker: dict[str, str] = {}  # data path -> marker path
+        self.set_rules(rules)
+
+    # -- called from other threads ---------------------------------------------------
+
+    def submit(self, item: Change | Found) -> None:
+        self.queue.put(item)
+
+    def backlog(self) -> int:
+        return self.queue.qsize() + len(self.settler)
+
+    def set_rules(self, rules: Sequence[Rule]) -> None:
+        """Swap in reloaded rules (takes effect for the next item); one assignment, so
+        the pipeline never sees half of a reload."""
+        self._ruleset = (tuple(rules), {rule.name: rule for rule in rules})
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._ruleset[0]
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+
+    # -- the thread --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Until `stop()`: handle changes, settle files whose quiet time is over. On stop,
+        changes already queued are handled and due files are recorded; files still
+        settling are left to the next start's catch-up scan."""
+        stopping = False
+        while not stopping:
+            item = self._next_item()
+            handled = 0
+            while item is not None:
+                if item is _STOP:
+                    stopping = True
+                else:
+                    self.handle(item)
+                handled += 1
+                item = self._poll() if handled < BATCH or stopping else None
+            self.settle_due()
+        if self._parked:
+            log.info("%d file(s) still wait for their ready marker", len(self._parked_marker))
+
+    def _poll(self) -> Item | None:
+        try:
+            return self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _next_item(self) -> Item | None:
+        deadline = self.settler.next_deadline()
+        timeout = IDLE_WAIT_SECONDS
+        if deadline is not None:
+            timeout = min(timeout, max(0.0, deadline - self.settler.clock()))
+        try:
+            return self.queue.get(timeout=timeout) if timeout > 0 else self.queue.get_nowait()
+        except queue.Empty:
+            return None
+
+    def handle(self, item: Item) -> None:
+        """One change or found file (what `run` does for each queued item)."""
+        try:
+            if isinstance(item, Found):
+                self._found(item)
+            elif isinstance(item, Change):
+                self._change(item)
+        except Exception:  # one odd file must not stop the agent
+            log.exception("could not handle %r", item)
+
+    def settle_due(self) -> None:
+        """Look again at files whose quiet time is over; record those still unchanged."""
+        for path in self.settler.due(limit=BATCH):
+            try:
+                found = self._owner(path)
+                stat = file_stat(path, self._follow(found[0])) if found else None
+                settled = self.settler.confirm(path, stat)
+                if settled is not None and found is not None:
+                    self._complete(settled, *found)
+                elif found is None:
+                    self.settler.discard(path)
+            except Exception:
+                self.settler.discard(path)
+                log.exception("could not settle %s", display_path(path))
+
+    # -- ownership ---------------------------------------------------------------------
+
+    @staticmethod
+    def _follow(rule: Rule) -> bool:
+        return bool(rule.settings.follow_symlinks)
+
+    def _owner(self, path: str) -> tuple[Rule, FileMatch] | None:
+        """The owning rule and match; None for unowned files and ready markers."""
+        rules, by_name = self._ruleset
+        match = owner(rules, path)
+        if match is None:
+            if _undecodable(path) and any(r.relative(path) for r in rules):
+                log.info(
+                    "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
+                    display_path(path),
+                )
+            return None
+        if marker_rule(rules, path) is not None:
+            return None
+        return by_name[match.rule_name], match
+
+    # -- changes -----------------------------------------------------------------------
+
+    def _found(self, item: Found) -> None:
+        found = self._owner(item.path)
+        if found is None:
+            return
+        rule = found[0]
+        self.settler.seen(
+            item.path,
+            item.stat,
+            rule.settings.settle_seconds or 0.0,
+            quiet_for_seconds=quiet_for_seconds(item.stat, self.wall_clock()),
+        )
+
+    def _change(self, change: Change) -> None:
+        kind = change.kind
+        if kind in (ChangeKind.WRITTEN, ChangeKind.CREATED, ChangeKind.MODIFIED):
+            self._marker_appeared(change.path)
+            if kind is ChangeKind.CREATED:
+                return  # a close-after-write follows when the writer is done
+            found = self._owner(change.path)
+            if found is None:
+                return
+            rule = found[0]
+            stat = file_stat(change.path, self._follow(rule))
+            if stat is None:  # gone already, or not a regular file (a symbolic link)
+                return
+            settle = rule.settings.settle_seconds or 0.0
+            if kind is ChangeKind.WRITTEN:
+                self.settler.written(change.path, stat, settle, at=change.at)
+            else:
+                quiet = quiet_for_seconds(stat, self.wall_clock())
+                self.settler.seen(change.path, stat, settle, quiet_for_seconds=quiet)
+        elif kind is ChangeKind.MOVED and change.dest:
+            self._moved(change.path, change.dest, change.at)
+        elif kind is ChangeKind.DELETED:
+            self._deleted(change.path)
+        elif kind is ChangeKind.FOLDER_CREATED:
+            # The watch is in place; files written before it existed are found by a scan.
+            self.request_folder_scan(change.path, False)
+        elif kind is ChangeKind.FOLDER_DELETED:
+            for path in self.settler.discard_under(change.path):
+                self._unpark(path)
+            for path in self.store.known_under(change.path):
+                self._deleted(path)
+        else:  # FOLDER_MOVED_IN, ROOT_GONE, OVERFLOW, WATCH_FAILED: the agent's business
+            self.control(change)
+
+    def _moved(self, source: str, destination: str, at: float) -> None:
+        self._marker_appeared(destination)
+        carried = self.settler.moved(source, destination)
+        parked = self._unpark(source)
+        dest = self._owner(destination)
+        src_match = owner(self.rules, source)
+        if dest is None:
+            self.settler.discard(destination)
+            self._deleted(source)
+            return
+        rule, dest_match = dest
+        same_asset = (
+            src_match is not None
+            and src_match.rule_name == dest_match.rule_name
+            and (src_match.asset_key, src_match.partition)
+            == (dest_match.asset_key, dest_match.partition)
+        )
+        if same_asset and self.store.move_version(source, destination):
+            # A rename within the rule: the reported version moves with the file.
+            self.counts.moved += 1
+            log.debug("moved %s -> %s", display_path(source), display_path(destination))
+            return
+        # A rename into place (from a temporary name, another rule or another key).
+        if src_match is not None:
+            self._deleted(source)
+        if carried is not None and parked is None:
+            return  # still settling; it completes under its new name
+        stat = file_stat(destination, self._follow(rule))
+        if stat is None:
+            self.settler.discard(destination)
+            return
+        self.settler.written(destination, stat, rule.settings.settle_seconds or 0.0, at=at)
+
+    def _deleted(self, path: str) -> None:
+        self.settler.discard(path)
+        self._unpark(path)
+        known = self.store.known(path)
+        if known is None:
+            return
+        rules, by_name = self._ruleset
+        match = owner(rules, path)
+        rule = by_name.get(match.rule_name) if match is not None else None
+        reports = []
+        if rule is not None and match is not None and rule.settings.on_delete == "observe":
+            reports = [deleted_report(match, host=rule.host)]
+        self.store.forget(path, reports)
+        self.counts.deleted += 1
+        log.info("deleted %s%s", display_path(path), " (observed)" if reports else "")
+        if reports:
+            self.on_queued()
+
+    # -- ready markers -----------------------------------------------------------------
+
+    def _park(self, marker: str, settled: Settled) -> None:
+        self._unpark(settled.path)
+        self._parked.setdefault(marker, {})[settled.path] = settled
+        self._parked_marker[settled.path] = marker
+
+    def _unpark(self, path: str) -> Settled | None:
+        marker = self._parked_marker.pop(path, None)
+        if marker is None:
+            return None
+        waiting = self._parked.get(marker, {})
+        settled = waiting.pop(path, None)
+        if not waiting:
+            self._parked.pop(marker, None)
+        return settled
+
+    def _marker_appeared(self, path: str) -> None:
+        waiting = self._parked.pop(path, None)
+        if not waiting:
+            return
+        for data_path, settled in waiting.items():
+            self._parked_marker.pop(data_path, None)
+            found = self._owner(data_path)
+            if found is not None:
+                self._complete(settled, *found)
+
+    # -- a settled file ----------------------------------------------------------------
+
+    def _moved_unseen(self, path: str, stat: FileStat, match: FileMatch) -> bool:
+        """A reported file renamed where inotify could not pair the rename (into a folder
+        whose watch did not exist yet): same inode, size and mtime under a path that is
+        gone, same rule and asset. Carry its version over, as for a paired rename."""
+        for other, version in self.store.known_by_inode(stat.inode):
+            if (version.stat.size, version.stat.mtime_ns) != (stat.size, stat.mtime_ns):
+                continue
+            if os.path.lexists(other):
+                continue
+            previous = owner(self.rules, other)
+            if previous is None or (
+                previous.rule_name,
+                previous.asset_key,
+                previous.partition,
+            ) != (match.rule_name, match.asset_key, match.partition):
+                continue
+            if self.store.move_version(other, path):
+                self.counts.moved += 1
+                log.debug("moved %s -> %s (by inode)", display_path(other), display_path(path))
+                return True
+        return False
+
+    def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
+        """Record a new version of a quiet file, unless it is none."""
+        path = settled.path
+        known = self.store.known(path)
+        changed: bool | None = True
+        if settled.origin is Origin.WRITTEN:
+            if known is not None and known.stat == settled.stat:
+                return  # opened for writing and closed without a change
+        else:
+            changed = is_changed(settled.stat, known)
+            if changed is False:
+                return
+        if known is None and self._moved_unseen(path, settled.stat, match):
+            return
+        marker = rule.marker_for(match)
+        if marker is not None and not os.path.lexists(marker):
+            log.info(
+                "%s is complete; waiting for its ready marker %s",
+                display_path(path),
+                display_path(marker),
+            )
+            self._park(marker, settled)
+            return
+        print_ = take_version(rule, match)
+        settle = rule.settings.settle_seconds or 0.0
+        if isinstance(print_, str):
+            now = file_stat(path, self._follow(rule))
+            if now is not None and now != settled.stat:
+                self.settler.restart(path, now, settle, settled.origin)  # written again
+            else:
+                self.counts.skipped += 1
+                log.info("skipped %s: %s", display_path(path), print_)
+            return
+        if changed is None and known is not None and print_.digest == known.digest:
+            self.store.touch_version(path, print_.stat)  # chmod/chown: same content
+            return
+        reports = reports_for_version(rule, match, print_)
+        try:
+            self.store.record_version(path, rule.name, print_.stat, print_.digest, reports)
+            metrics.file_detected()
+        except StateError as exc:
+            log.error("cannot record %s, trying again later: %s", display_path(path), exc)
+            self.settler.restart(path, None, max(settle, STATE_RETRY_SECONDS), settled.origin)
+            return
+        self.counts.reported += 1
+        log.info(
+            "reported %s: %s%s, %d bytes",
+            display_path(path),
+            "/".join(match.asset_key),
+            f" [{match.partition}]" if match.partition else "",
+            print_.stat.size,
+        )
+        self.on_queued()
+
+
+def _undecodable(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+# -- the scanner --------------------------------------------------------------------------
+
+
+@dataclass
+class _Full:
+    rule_names: set[str]
+    reason: str
+    started_at: float = 0.0
+    files_seen: int = 0
+    submitted: int = 0
+
+
+@dataclass
+class ScannerState:
+    running: str | None = None  # the reason of the full scan under way
+    scans_done: int = 0
+    last_scan_seconds: float | None = None
+    next_due: dict[str, float] = field(default_factory=dict)
+
+
+class Scanner:
+    """Walks folders on request and on schedule; hands changed files to the pipeline."""
+
+    def __init__(
+        self,
+        rules: Sequence[Rule],
+        store: StateStore,
+        submit: Callable[[Found], None],
+        *,
+        backlog: Callable[[], int] = lambda: 0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.submit = submit
+        self.backlog = backlog
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._folders: list[tuple[str, bool]] = []
+        self._full: _Full | None = None  # waiting to start
+        self._intervals: dict[str, float] = {}
+        self.state = ScannerState()
+        self._stopping = False
+        self.set_rules(rules)
+
+    # -- called from other threads ---------------------------------------------------
+
+    def set_rules(self, rules: Sequence[Rule], intervals: dict[str, float] | None = None) -> None:
+        """Swap rules; `intervals` (rule name -> seconds, 0 = never) sets periodic rescans."""
+        with self._cond:
+            self.rules = tuple(rules)
+            if intervals is None:
+                intervals = {r.name: r.settings.rescan_interval_seconds or 0.0 for r in rules}
+            now = self.clock()
+            for name, seconds in intervals.items():
+                old = self._intervals.get(name)
+                if old != seconds or name not in self.state.next_due:
+                    if seconds > 0:
+                        self.state.next_due[name] = now + seconds
+                    else:
+                        self.state.next_due.pop(name, None)
+            self._intervals = dict(intervals)
+            for name in list(self.state.next_due):
+                if name not in intervals:
+                    del self.state.next_due[name]
+            self._cond.notify_all()
+
+    def request_full(self, rule_names: Iterable[str] | None, reason: str) -> None:
+        """Rescan these rules (None: all) soon; requests made before it starts merge."""
+        with self._cond:
+            names = set(rule_names) if rule_names is not None else {r.name for r in self.rules}
+            if not names:
+                return
+            if self._full is None:
+                self._full = _Full(names, reason)
+            else:
+                self._full.rule_names |= names
+            self._cond.notify_all()
+
+    def request_folder(self, folder: str, recursive: bool) -> None:
+        """Scan one folder now (a new subfolder whose watch was just added)."""
+        with self._cond:
+            self._folders.append((folder, recursive))
+            self._cond.notify_all()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+
+    # -- the thread --------------------------------------------------------------------
+
+    def _next_work(self) -> tuple[str, bool] | _Full | None:
+        """Wait for the next request or scheduled rescan; None when stopping."""
+        with self._cond:
+            while not self._stopping:
+                if self._folders:
+                    return self._folders.pop(0)
+                now = self.clock()
+                for name, due in self.state.next_due.items():
+                    if due <= now:
+                        self.state.next_due[name] = now + self._intervals.get(name, 0)
+                        if self._full is None:
+                            self._full = _Full({name}, "periodic rescan")
+                        else:
+                            self._full.rule_names.add(name)
+                if self._full is not None:
+                    full, self._full = self._full, None
+                    return full
+                wait = IDLE_WAIT_SECONDS * 20
+                if self.state.next_due:
+                    wait = min(wait, max(0.0, min(self.state.next_due.values()) - now))
+                self._cond.wait(wait)
+            return None
+
+    def run(self) -> None:
+        while (work := self._next_work()) is not None:
+            if isinstance(work, _Full):
+                self._scan_full(work)
+            else:
+                self._scan_folder(*work)
+
+    def _stopped(self) -> bool:
+        with self._cond:
+            return self._stopping
+
+    def _pace(self) -> bool:
+        """Wait while the pipeline is busy; False when stopping."""
+        while self.backlog() > SCAN_BACKLOG_LIMIT:
+            with self._cond:
+                if self._stopping:
+                    return False
+                self._cond.wait(0.05)
+        return not self._stopped()
+
+    def _rules_for(self, folder: str) -> list[Rule]:
+        return [r for r in self.rules if r.root == folder or r.relative(folder) is not None]
+
+    def _scan_folder(self, folder: str, recursive: bool) -> None:
+        for rule in self._rules_for(folder):
+            if rule.root != folder and not rule.settings.recursive:
+                continue
+            for current, candidates in walk(rule, folder, recursive=recursive):
+                self._submit_changed(current, candidates)
+
+    def _scan_full(self, work: _Full) -> None:
+        work.started_at = self.clock()
+        names = ", ".join(sorted(work.rule_names))
+        self.state.running = work.reason
+        log.info("%s of %s started", work.reason, names)
+        try:
+            for rule in self.rules:
+                if rule.name not in work.rule_names:
+                    continue
+                for folder, candidates in walk(rule):
+                    work.files_seen += len(candidates)
+                    work.submitted += self._submit_changed(folder, candidates)
+                    # New subfolders must not wait for a long rescan to finish.
+                    while self._folders:
+                        with self._cond:
+                            pending = self._folders.pop(0) if self._folders else None
+                        if pending is not None:
+                            self._scan_folder(*pending)
+                    if not self._pace():
+                        log.info("%s interrupted by shutdown", work.reason)
+                        return
+        finally:
+            self.state.running = None
+        seconds = self.clock() - work.started_at
+        self.state.scans_done += 1
+        self.state.last_scan_seconds = seconds
+        log.info(
+            "%s done in %.1fs: %d files seen, %d new or changed",
+            work.reason,
+            seconds,
+            work.files_seen,
+            work.submitted,
+        )
+
+    def _submit_changed(self, folder: str, candidates: list[Candidate]) -> int:
+        if not candidates:
+            return 0
+        known = self.store.stat_keys_in_folder(folder)
+        submitted = 0
+        for candidate in candidates:
+            if known.get(candidate.name) != candidate.stat.key:  # the pipeline looks closer
+                self.submit(Found(candidate.path, candidate.stat))
+                submitted += 1
+        return submitted

@@ -1,0 +1,187 @@
+"""Completion tracking: when a file has been quiet long enough to count as one version.
+
+Pure bookkeeping with an injected clock; the caller does every stat and read. A file
+becomes pending when a write finished (close-after-write, a rename into place) or when
+polling or a scan saw it change. It is due once `settle_seconds` passed without a newer
+event; the caller then looks at it again and `confirm`s: an unchanged size, mtime and
+inode make it complete, anything else restarts the quiet period. However many events
+arrive for one file, it is settled, and so hashed, once.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from asset_watcher.model import FileStat
+
+
+class Origin(str, enum.Enum):
+    """How a pending file came to our attention; decides what counts as a new version."""
+
+    WRITTEN = "written"  # close-after-write or a rename into place: an arrival
+    SEEN = "seen"  # polling or a scan saw it differ: new only if stat (or content) says so
+
+
+@dataclass
+class _Entry:
+    origin: Origin
+    settle_seconds: float
+    deadline: float
+    stat: FileStat | None  # as last looked at; None: not looked at yet
+
+
+@dataclass(frozen=True)
+class Settled:
+    """A file quiet for its settle time, ready to be fingerprinted."""
+
+    path: str
+    origin: Origin
+    stat: FileStat
+
+
+def _same(a: FileStat | None, b: FileStat | None) -> bool:
+    return a is not None and b is not None and a.same_version(b)
+
+
+class Settler:
+    """Pending files by path, with their deadlines in a heap (stale heap rows are skipped)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, int, str]] = []
+        self._order = itertools.count()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._entries
+
+    def origin(self, path: str) -> Origin | None:
+        entry = self._entries.get(path)
+        return entry.origin if entry is not None else None
+
+    def _arm(self, path: str, entry: _Entry, deadline: float) -> None:
+        entry.deadline = deadline
+        self._entries[path] = entry
+        heapq.heappush(self._heap, (deadline, next(self._order), path))
+
+    def written(
+        self,
+        path: str,
+        stat: FileStat | None,
+        settle_seconds: float,
+        *,
+        at: float | None = None,
+    ) -> None:
+        """A write finished or the file was renamed into place at `at` (default now):
+        (re)start its quiet period. Outranks an earlier SEEN."""
+        start = self.clock() if at is None else at
+        self._arm(path, _Entry(Origin.WRITTEN, settle_seconds, 0.0, stat), start + settle_seconds)
+
+    def seen(
+        self,
+        path: str,
+        stat: FileStat,
+        settle_seconds: float,
+        *,
+        quiet_for_seconds: float = 0.0,
+    ) -> None:
+        """Polling or a scan saw the file differ from its reported version.
+
+        `quiet_for_seconds` is how long its mtime/ctime say it has not changed: a file
+        found long after its last write needs no further wait. A file already pending
+        keeps its origin and deadline unless the stat moved, which restarts the wait.
+        """
+        entry = self._entries.get(path)
+        now = self.clock()
+        if entry is not None:
+            if entry.stat is None or not _same(entry.stat, stat):
+                entry.stat = stat
+                self._arm(path, entry, now + entry.settle_seconds)
+            return
+        remaining = min(settle_seconds, max(0.0, settle_seconds - quiet_for_seconds))
+        self._arm(path, _Entry(Origin.SEEN, settle_seconds, 0.0, stat), now + remaining)
+
+    def moved(self, source: str, destination: str) -> Origin | None:
+        """Carry a pending entry over a rename; the origin it had, or None if none."""
+        entry = self._entries.pop(source, None)
+        if entry is None:
+            return None
+        self._arm(destination, entry, entry.deadline)
+        return entry.origin
+
+    def discard(self, path: str) -> bool:
+        return self._entries.pop(path, None) is not None
+
+    def discard_under(self, folder: str) -> list[str]:
+        """Forget every pending file below `folder` (it was deleted or moved away)."""
+        prefix = folder.rstrip("/") + "/"
+        gone = [path for path in self._entries if path.startswith(prefix)]
+        for path in gone:
+            del self._entries[path]
+        return gone
+
+    def _valid_top(self) -> tuple[float, int, str] | None:
+        while self._heap:
+            deadline, _, path = self._heap[0]
+            entry = self._entries.get(path)
+            if entry is not None and entry.deadline == deadline:
+                return self._heap[0]
+            heapq.heappop(self._heap)
+        return None
+
+    def next_deadline(self) -> float | None:
+        """When the earliest pending file is due (on the injected clock), if any."""
+        top = self._valid_top()
+        return top[0] if top is not None else None
+
+    def due(self, limit: int | None = None) -> list[str]:
+        """Paths whose quiet period is over, earliest first; they stay pending until
+        `confirm`ed or discarded."""
+        now = self.clock()
+        paths: list[str] = []
+        seen: set[str] = set()
+        while (limit is None or len(paths) < limit) and (top := self._valid_top()) is not None:
+            if top[0] > now:
+                break
+            heapq.heappop(self._heap)
+            if top[2] not in seen:
+                seen.add(top[2])
+                paths.append(top[2])
+        # Popped rows must come back if the caller does not settle them right away.
+        for path in paths:
+            entry = self._entries[path]
+            heapq.heappush(self._heap, (entry.deadline, next(self._order), path))
+        return paths
+
+    def confirm(self, path: str, stat: FileStat | None) -> Settled | None:
+        """The caller's fresh look at a due file. Complete when it matches the last look;
+        restarted when it changed; dropped when it is gone (`stat` None)."""
+        entry = self._entries.get(path)
+        if entry is None:
+            return None
+        if stat is None:
+            del self._entries[path]
+            return None
+        if not _same(entry.stat, stat):
+            entry.stat = stat
+            self._arm(path, entry, self.clock() + entry.settle_seconds)
+            return None
+        del self._entries[path]
+        return Settled(path, entry.origin, stat)
+
+    def restart(
+        self, path: str, stat: FileStat | None, settle_seconds: float, origin: Origin
+    ) -> None:
+        """The file changed while it was read: wait again, keeping its origin (a newer
+        event that arrived meanwhile wins)."""
+        if path in self._entries:
+            return
+        self._arm(path, _Entry(origin, settle_seconds, 0.0, stat), self.clock() + settle_seconds)

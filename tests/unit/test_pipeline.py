@@ -1,0 +1,157 @@
+"""The pipeline step by step with a fake clock, on real files and a real state store."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from asset_watcher.config import Config
+from asset_watcher.observe import Change, ChangeKind
+from asset_watcher.outbox import StateStore
+from asset_watcher.pipeline import Found, Pipeline
+from asset_watcher.rules import compile_rules
+from asset_watcher.scan import file_stat
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> StateStore:
+    with StateStore(tmp_path / "state") as opened:
+        yield opened  # type: ignore[misc]
+
+
+def make_pipeline(drop: Path, store: StateStore, clock: Clock, **rule: object) -> Pipeline:
+    config = Config(
+        defaults={"settle_seconds": 1.0},
+        watch=[{"path": str(drop), "asset_key": "drop/{stem}", **rule}],
+    )
+    return Pipeline(compile_rules(config, host="h"), store, clock=clock)
+
+
+def written(path: Path, at: float) -> Change:
+    return Change(ChangeKind.WRITTEN, str(path), root=str(path.parent), at=at)
+
+
+def _bytes_read() -> int:
+    """rchar of this process: every byte read by a read-like syscall (proc(5))."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("rchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no rchar")
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="needs /proc/self/io")
+def test_a_flood_of_events_costs_one_read_of_the_file(drop: Path, store: StateStore) -> None:
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    big = drop / "big.bin"
+    big.write_bytes(os.urandom(4 << 20))
+    before = _bytes_read()
+    for _ in range(1000):
+        pipeline.handle(written(big, clock.now))
+        pipeline.settle_due()
+    clock.now += 1.0
+    pipeline.settle_due()
+    read = _bytes_read() - before
+    assert pipeline.counts.reported == 1
+    assert store.counts().pending == 1
+    assert 4 << 20 <= read < 2 * (4 << 20), f"{read} bytes read for one 4 MiB version"
+
+
+def test_more_bytes_without_an_event_restart_the_quiet_period(
+    drop: Path, store: StateStore
+) -> None:
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    target = drop / "a.csv"
+    target.write_text("part")
+    pipeline.handle(written(target, clock.now))
+    with open(target, "a") as handle:
+        handle.write(" and more")
+    clock.now += 1.0
+    pipeline.settle_due()
+    assert pipeline.counts.reported == 0  # it changed since the event: not complete yet
+    clock.now += 1.0
+    pipeline.settle_due()
+    assert pipeline.counts.reported == 1
+    assert store.known(str(target)).stat.size == len("part and more")  # type: ignore[union-attr]
+
+
+def test_close_without_a_write_is_not_a_new_version(drop: Path, store: StateStore) -> None:
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    target = drop / "a.csv"
+    target.write_text("x")
+    pipeline.handle(written(target, clock.now))
+    clock.now += 1
+    pipeline.settle_due()
+    with open(target, "r+"):  # opened for writing, closed unchanged: IN_CLOSE_WRITE
+        pass
+    pipeline.handle(written(target, clock.now))
+    clock.now += 1
+    pipeline.settle_due()
+    assert pipeline.counts.reported == 1
+
+
+def test_scan_sees_chmod_as_no_new_version_but_a_preserved_mtime_upload_as_one(
+    drop: Path, store: StateStore
+) -> None:
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    target = drop / "a.csv"
+    target.write_text("first")
+    old = time.time() - 3600
+    os.utime(target, (old, old))
+    pipeline.handle(written(target, clock.now))
+    clock.now += 1
+    pipeline.settle_due()
+    target.chmod(0o600)  # ctime moves, content does not
+    pipeline.handle(Found(str(target), file_stat(str(target))))  # type: ignore[arg-type]
+    clock.now += 1
+    pipeline.settle_due()
+    assert pipeline.counts.reported == 1
+    with open(target, "r+") as handle:  # same size, mtime set back by the client
+        handle.write("FIRST")
+    os.utime(target, (old, old))
+    pipeline.handle(Found(str(target), file_stat(str(target))))  # type: ignore[arg-type]
+    clock.now += 1
+    pipeline.settle_due()
+    assert pipeline.counts.reported == 2
+
+
+def test_unreadable_or_vanished_file_is_skipped_and_the_pipeline_goes_on(
+    drop: Path, store: StateStore
+) -> None:
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    gone = drop / "gone.csv"
+    gone.write_text("x")
+    pipeline.handle(written(gone, clock.now))
+    gone.unlink()
+    fifo = drop / "pipe.csv"
+    os.mkfifo(fifo)
+    pipeline.handle(written(fifo, clock.now))
+    ok = drop / "ok.csv"
+    ok.write_text("ok")
+    pipeline.handle(written(ok, clock.now))
+    clock.now += 1
+    pipeline.settle_due()
+    assert pipeline.counts.reported == 1
+    assert store.known(str(ok)) is not None

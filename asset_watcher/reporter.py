@@ -17,10 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
-from pydantic import SecretStr
 
 from asset_watcher import metrics
-from asset_watcher.config import DagsterSettings
+from asset_watcher.config import DagsterSettings, SecretStr
 from asset_watcher.model import EventKind
 from asset_watcher.outbox import OutboxItem, StateStore, order_key_parts
 from asset_watcher.retry import (

@@ -1,0 +1,62 @@
+"""Imports flow one way: a stage never imports a later one (ARCHITECTURE.md, habit 1)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
+
+# Earliest first. A module may import only modules listed before it.
+ORDER = [
+    "errors", "model", "logs", "systemd", "retry", "config", "metrics", "rules",
+    "fingerprint", "checks", "reports", "outbox", "scan", "settle", "observe", "reporter",
+    "pipeline", "dagster", "agent", "demo", "cli", "__main__",
+]  # fmt: skip
+
+THIRD_PARTY_HOMES = {
+    "watchdog": "observe",
+    "requests": "reporter",
+    "sqlite3": "outbox",
+    "pydantic": "config",
+    "pydantic_settings": "config",
+    "dagster": "dagster",
+    "prometheus_client": "metrics",
+}
+
+
+def imports_of(module: str) -> set[str]:
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            if node.module == "asset_watcher":
+                found.update(f"asset_watcher.{alias.name}" for alias in node.names)
+            else:
+                found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
+
+
+def test_every_module_has_a_place_in_the_order() -> None:
+    modules = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
+    assert modules == set(ORDER)
+
+
+def test_stages_import_only_earlier_stages() -> None:
+    for index, module in enumerate(ORDER):
+        internal = {
+            name.split(".")[1]
+            for name in imports_of(module)
+            if name.startswith("asset_watcher.") and name.split(".")[1] in ORDER
+        }
+        later = internal - set(ORDER[:index])
+        assert not later, f"{module} imports later stages {sorted(later)}"
+
+
+def test_each_third_party_library_lives_in_one_module() -> None:
+    for module in ORDER:
+        for name in imports_of(module):
+            home = THIRD_PARTY_HOMES.get(name.split(".")[0])
+            assert home in (None, module), f"{module} imports {name}; only {home} may"

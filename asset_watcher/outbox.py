@@ -392,8 +392,14 @@ class StateStore:
             db.executemany("UPDATE outbox SET next_attempt_at = 0 WHERE id = ?", ids)
 
     def ack(self, item_id: int) -> None:
+        self.ack_many([item_id])
+
+    def ack_many(self, item_ids: list[int]) -> None:
+        """Remove delivered reports, in one transaction."""
+        if not item_ids:
+            return
         with self.transaction() as db:
-            db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
             db.execute(
                 "INSERT OR REPLACE INTO meta VALUES ('last_success', ?)", (str(time.time()),)
             )

@@ -65,6 +65,10 @@ class Reporter:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.verify = settings.verify_tls
+        # Read the environment's proxy settings once: with trust_env, requests looks up
+        # proxies and ~/.netrc again on every request, a large share of its cost in a burst.
+        self.session.proxies.update(requests.utils.get_environ_proxies(settings.url))
+        self.session.trust_env = False
         self.session.headers["Content-Type"] = "application/json"
         self.session.headers["User-Agent"] = "asset-watcher"
         self._secret = token.get_secret_value() if token is not None else ""
@@ -379,21 +383,28 @@ class Deliverer:
 
     def _collect(self, results: queue.SimpleQueue[_Result]) -> bool:
         """Record every answer that came back; True if any was progress (not a failure)."""
-        progress = False
+        answers = []
         while True:
             try:
-                flight, answer = results.get_nowait()
+                answers.append(results.get_nowait())
             except queue.Empty:
-                return progress
+                break
+        # One transaction acknowledges every delivered report of this round.
+        self.store.ack_many(
+            [flight.item.id for flight, answer in answers if answer.verdict is Verdict.DELIVERED]
+        )
+        progress = False
+        for flight, answer in answers:
             self._in_flight.pop(flight.item.id, None)
             self._new_work = True
             progress = self._settle(flight, answer) or progress
+        return progress
 
     def _settle(self, flight: _Flight, answer: Answer) -> bool:
+        """Account for one answer; a delivered report was already acknowledged."""
         item, now = flight.item, self.clock()
         kind = item.kind.value
         if answer.verdict is Verdict.DELIVERED:
-            self.store.ack(item.id)
             self._summary.delivered += 1
             metrics.report_outcome(kind, "delivered")
             self._on_accepted(now, flight.level)

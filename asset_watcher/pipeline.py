@@ -26,7 +26,7 @@ from asset_watcher.model import FileMatch, FileStat
 from asset_watcher.observe import Change, ChangeKind
 from asset_watcher.outbox import StateStore
 from asset_watcher.reports import deleted_report, display_path, reports_for_version
-from asset_watcher.rules import Rule, marker_rule, owner
+from asset_watcher.rules import Rule, owner
 from asset_watcher.scan import Candidate, file_stat, is_changed, take_version, walk
 from asset_watcher.settle import Origin, Settled, Settler
 
@@ -195,8 +195,6 @@ class Pipeline:
                     "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
                     display_path(path),
                 )
-            return None
-        if marker_rule(rules, path) is not None:
             return None
         return by_name[match.rule_name], match
 

@@ -104,19 +104,15 @@ class Rule:
         rel = path[len(root) + 1 :] if root != "/" else path[1:]
         return rel or None
 
-    def match(self, path: str, *, folders_checked: bool = False) -> FileMatch | str:
-        """The rendered match for a file, or the reason this rule does not own it.
-
-        `folders_checked` skips the ignore test of parent folders, which a walk has
-        already pruned.
-        """
+    def match(self, path: str) -> FileMatch | str:
+        """The rendered match for a file, or the reason this rule does not own it."""
         rel = self.relative(path)
         if rel is None:
             return f"outside {self.root}"
         parts = rel.split("/")
         if not self.settings.recursive and len(parts) > 1:
             return "in a subfolder and the rule is not recursive"
-        for part in parts[-1:] if folders_checked else parts:
+        for part in parts:
             pattern = self.ignores(part)
             if pattern is not None:
                 return f"{part!r} is ignored by {pattern!r}"
@@ -225,12 +221,8 @@ def compile_rules(config: Config, host: str | None = None) -> list[Rule]:
 
 
 def owner(rules: Sequence[Rule], path: str) -> FileMatch | None:
-    """The first rule's match for `path`; None when no rule owns it."""
-    for rule in rules:
-        found = rule.match(path)
-        if isinstance(found, FileMatch):
-            return found
-    return None
+    """The first rule's match for `path`; None when no rule owns it or it is a marker."""
+    return explain(rules, path)[0]
 
 
 def marker_rule(rules: Sequence[Rule], path: str) -> Rule | None:
@@ -241,6 +233,9 @@ def marker_rule(rules: Sequence[Rule], path: str) -> Rule | None:
 def explain(rules: Sequence[Rule], path: str) -> tuple[FileMatch | None, list[tuple[str, str]]]:
     """The owning match, and for each rule tried before it why it did not match."""
     reasons: list[tuple[str, str]] = []
+    marker_of = marker_rule(rules, path)
+    if marker_of is not None:
+        return None, [(marker_of.name, "a ready marker of this rule; markers are not reported")]
     for rule in rules:
         found = rule.match(path)
         if isinstance(found, FileMatch):

@@ -19,7 +19,7 @@ from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fin
 from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report, stat_key
 from asset_watcher.outbox import KnownVersion, StateStore
 from asset_watcher.reports import display_path, reports_for_version
-from asset_watcher.rules import Rule
+from asset_watcher.rules import Rule, owner
 
 log = logging.getLogger(__name__)
 
@@ -145,8 +145,7 @@ def scan(
 ) -> ScanResult:
     """Report every new or changed file owned by `rules` (all of them with `force`)."""
     result = ScanResult()
-    for index, rule in enumerate(rules):
-        earlier = rules[:index]
+    for rule in rules:
         follow = bool(rule.settings.follow_symlinks)
         for folder, fd, entries in listing(rule):
             known = store.stat_keys_in_folder(folder) if entries else {}
@@ -171,7 +170,7 @@ def scan(
                 changed = True if force else is_changed(candidate.stat, previous)
                 _scan_file(
                     rule,
-                    earlier,
+                    rules,
                     candidate,
                     previous,
                     changed,
@@ -186,7 +185,7 @@ def scan(
 
 def _scan_file(
     rule: Rule,
-    earlier: Sequence[Rule],
+    rules: Sequence[Rule],
     candidate: Candidate,
     previous: KnownVersion | None,
     changed: bool | None,
@@ -197,14 +196,9 @@ def _scan_file(
     emit: Callable[[Report, FileMatch], None] | None,
     now: float,
 ) -> None:
-    match = rule.match(candidate.path, folders_checked=True)
-    if isinstance(match, str):
-        log.debug("not owned by %s: %s", rule.name, match)
-        return
-    if any(isinstance(other.match(candidate.path), FileMatch) for other in earlier):
-        return  # an earlier rule owns it and reports it on its own walk
-    if any(r.is_marker(candidate.path) for r in (*earlier, rule)):
-        log.debug("not reported: %s is a ready marker", display_path(candidate.path))
+    # The same decision as `explain` and `run`. Another rule's walk reports what it owns.
+    match = owner(rules, candidate.path)
+    if match is None or match.rule_name != rule.name:
         return
     settle = rule.settings.settle_seconds or 0.0
     # A future mtime (a sender's clock, a preserved timestamp) says nothing about an

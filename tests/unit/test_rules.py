@@ -145,3 +145,27 @@ def test_undecodable_name_is_refused_with_a_reason(
     assert isinstance(reason, str) and "not valid UTF-8" in reason
     match = static.match(weird)
     assert isinstance(match, FileMatch) and match.asset_key == ("drops", "static")
+
+
+def test_ready_markers_are_never_owned(config_file: Callable[[str], Path], tmp_path: Path) -> None:
+    path = config_file(
+        f"""
+        [[watch]]
+        name = "data"
+        path = "{tmp_path}"
+        glob = "*.csv"
+        asset_key = "d/{{stem}}"
+        ready_marker = "{{relpath}}.done"
+        [[watch]]
+        name = "everything"
+        path = "{tmp_path}"
+        asset_key = "all/{{name}}"
+        """
+    )
+    rules = compile_rules(load_config(path))
+    match, reasons = explain(rules, f"{tmp_path}/a.csv.done")
+    assert match is None
+    assert reasons == [("data", "a ready marker of this rule; markers are not reported")]
+    assert owner(rules, f"{tmp_path}/a.csv.done") is None
+    found = owner(rules, f"{tmp_path}/a.csv")
+    assert found is not None and found.rule_name == "data"

@@ -11,6 +11,7 @@ import os
 import re
 import string
 import sys
+from collections.abc import Iterable
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +27,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from asset_watcher.errors import ConfigError
 
@@ -49,7 +55,8 @@ _CHECK_DIRECTORIES: ContextVar[bool] = ContextVar("check_directories", default=T
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # inf and nan are valid TOML floats, and useless (or harmful) as any setting here.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class DagsterSettings(_Strict):
@@ -57,10 +64,10 @@ class DagsterSettings(_Strict):
 
     url: str = "http://localhost:3000"
     token_file: Path | None = None
-    timeout_seconds: float = Field(10.0, gt=0)
+    timeout_seconds: float = Field(10.0, gt=0, le=3600)
     max_in_flight: int = Field(8, ge=1, le=256)
     verify_tls: bool | str = True
-    backoff_max_seconds: float = Field(300.0, gt=0)
+    backoff_max_seconds: float = Field(300.0, gt=0, le=86400)
 
     @field_validator("url")
     @classmethod
@@ -290,7 +297,9 @@ class WatchRule(_Strict):
     def _template_fields_known(cls, template: str | None, info: ValidationInfo) -> str | None:
         if template is None:
             return None
-        regex = info.data.get("regex")
+        if "regex" not in info.data:
+            return template  # the regex itself is broken (reported); its groups are unknown
+        regex = info.data["regex"]
         known = FILE_FIELDS | set(regex.groupindex if regex else ())
         for field in template_fields(template):
             if field not in known:
@@ -314,6 +323,7 @@ class Config(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         arbitrary_types_allowed=True,
+        allow_inf_nan=False,
     )
 
     dagster: DagsterSettings = Field(default_factory=lambda: DagsterSettings())
@@ -339,20 +349,24 @@ class Config(BaseSettings):
         # The TOML file arrives as init arguments; the environment overrides it.
         return (env_settings, init_settings)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _only_settings(cls, data: Any) -> Any:
+        """`token`, `source` and `token_source` are resolved, never read from the file or the
+        environment: the token must not sit in a configuration file."""
+        if isinstance(data, dict):
+            resolved = [key for key in ("token", "source", "token_source") if key in data]
+            if resolved:
+                raise ValueError("\n".join(f"{key}: unknown key" for key in resolved))
+        return data
+
     @model_validator(mode="after")
     def _inherit_and_check_names(self) -> Config:
-        seen: dict[str, int] = {}
-        problems = []
-        for index, rule in enumerate(self.watch, start=1):
+        for rule in self.watch:
             for key in INHERITED:
                 if getattr(rule, key) is None:
                     setattr(rule, key, getattr(self.defaults, key))
-            if rule.rule_name in seen:
-                problems.append(
-                    f"watch[{index}].name: duplicate rule name {rule.rule_name!r} "
-                    f"(also watch[{seen[rule.rule_name]}])"
-                )
-            seen.setdefault(rule.rule_name, index)
+        problems = duplicate_rule_names(rule.rule_name for rule in self.watch)
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -367,6 +381,19 @@ class Config(BaseSettings):
         )
         data["state"]["directory"] = str(self.state.resolved_directory())
         return data
+
+
+def duplicate_rule_names(names: Iterable[object]) -> list[str]:
+    """One problem per rule whose name an earlier rule already has."""
+    seen: dict[object, int] = {}
+    problems = []
+    for index, name in enumerate(names, start=1):
+        if name in seen:
+            problems.append(
+                f"watch[{index}].name: duplicate rule name {name!r} (also watch[{seen[name]}])"
+            )
+        seen.setdefault(name, index)
+    return problems
 
 
 def template_fields(template: str) -> list[str]:
@@ -426,7 +453,15 @@ def load_config(
     try:
         config = Config(**data)
     except ValidationError as exc:
-        raise ConfigError([_problem_line(error) for error in exc.errors()]) from None
+        problems = [_problem_line(error) for error in exc.errors()]
+        # Found on the raw tables too, so they come out with the other problems at once.
+        raw_rules = data.get("watch")
+        raw_rules = raw_rules if isinstance(raw_rules, list) else []
+        names = [r.get("name") or r.get("asset_key") for r in raw_rules if isinstance(r, dict)]
+        problems += [p for p in duplicate_rule_names(names) if p not in problems]
+        raise ConfigError(problems) from None
+    except SettingsError as exc:  # an ASSET_WATCHER_* variable that is not valid JSON
+        raise ConfigError([f"environment: {exc}"]) from None
     finally:
         _CHECK_DIRECTORIES.reset(token)
     config.source = str(file)
@@ -436,27 +471,40 @@ def load_config(
 
 def _resolve_token(config: Config) -> None:
     """First found wins: $DAGSTER_CLOUD_API_TOKEN, token_file, systemd credential."""
-    if os.environ.get(TOKEN_ENV, "").strip():
-        config.token, config.token_source = SecretStr(os.environ[TOKEN_ENV].strip()), TOKEN_ENV
-        return
+    found: tuple[str, str] | None = None
     problem = None
-    token_file = config.dagster.token_file
-    if token_file is not None:
+    if os.environ.get(TOKEN_ENV, "").strip():
+        found = (os.environ[TOKEN_ENV], f"${TOKEN_ENV}")
+    elif config.dagster.token_file is not None:
+        token_file = config.dagster.token_file
         try:
-            config.token = SecretStr(token_file.read_text(encoding="utf-8").strip())
-            config.token_source = str(token_file)
-            return
-        except OSError as exc:
-            problem = f"dagster.token_file: cannot read {str(token_file)!r}: {exc.strerror}"
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-    if credentials and os.path.isfile(os.path.join(credentials, CREDENTIAL_NAME)):
-        path = os.path.join(credentials, CREDENTIAL_NAME)
-        with open(path, encoding="utf-8") as handle:
-            config.token = SecretStr(handle.read().strip())
-        config.token_source = f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+            found = (token_file.read_text(encoding="utf-8"), str(token_file))
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+            problem = f"dagster.token_file: cannot read {str(token_file)!r}: {reason}"
+    if found is None:
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        path = os.path.join(credentials or "", CREDENTIAL_NAME)
+        if credentials and os.path.isfile(path):
+            source = f"$CREDENTIALS_DIRECTORY/{CREDENTIAL_NAME}"
+            try:
+                with open(path, encoding="utf-8") as handle:
+                    found = (handle.read(), source)
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+                raise ConfigError([f"dagster token: cannot read {source}: {reason}"]) from None
+    if found is None:
+        if problem:
+            raise ConfigError([problem])
         return
-    if problem:
-        raise ConfigError([problem])
+    token, source = found[0].strip(), found[1]
+    # A header value cannot hold white space or control characters; saying so here keeps
+    # the token out of the HTTP library's error message.
+    if any(char.isspace() or not char.isprintable() for char in token):
+        raise ConfigError(
+            [f"dagster token from {source}: contains white space or control characters"]
+        )
+    config.token, config.token_source = SecretStr(token), source
 
 
 def _problem_line(error: Any) -> str:

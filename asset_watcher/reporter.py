@@ -7,8 +7,10 @@ with `Content-Type: application/json` and nothing after it: Dagster rejects
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -69,6 +71,10 @@ class Reporter:
         # proxies and ~/.netrc again on every request, a large share of its cost in a burst.
         self.session.proxies.update(requests.utils.get_environ_proxies(settings.url))
         self.session.trust_env = False
+        if settings.verify_tls is True:  # trust_env no longer reads these two for us
+            bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+            if bundle:
+                self.session.verify = bundle
         self.session.headers["Content-Type"] = "application/json"
         self.session.headers["User-Agent"] = "asset-watcher"
         self._secret = token.get_secret_value() if token is not None else ""
@@ -93,7 +99,9 @@ class Reporter:
             reason = self.scrub(_reason(exc))
             return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
         verdict = classify(response.status_code)
-        detail = "" if verdict is Verdict.DELIVERED else _error_text(response)
+        # Dagster's error text is stored, shown by `status` and printed by `scan`: mask the
+        # token in it too, should a proxy or server ever echo the request headers.
+        detail = "" if verdict is Verdict.DELIVERED else self.scrub(_error_text(response))
         return Answer(
             verdict,
             response.status_code,
@@ -103,7 +111,11 @@ class Reporter:
 
     def scrub(self, text: str) -> str:
         """Error text with the token masked (a malformed token can echo in an exception)."""
-        return text.replace(self._secret, "**********") if self._secret else text
+        if not self._secret:
+            return text
+        for form in {self._secret, repr(self._secret)[1:-1], json.dumps(self._secret)[1:-1]}:
+            text = text.replace(form, "**********")
+        return text
 
     def close(self) -> None:
         self.session.close()

@@ -18,7 +18,9 @@ class Verdict(enum.Enum):
 
 def classify(status: int | None) -> Verdict:
     """`status` is None when no answer came (connection refused, reset, timeout)."""
-    if status is None or status in (408, 429) or status >= 500:
+    # A redirect means a wrong `dagster.url` (http for https, a missing path prefix): keep
+    # retrying, and logging, until it is fixed, rather than dead-letter every report.
+    if status is None or status in (408, 429) or status >= 500 or 300 <= status < 400:
         return Verdict.RETRY
     if 200 <= status < 300:
         return Verdict.DELIVERED

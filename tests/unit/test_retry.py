@@ -24,7 +24,7 @@ from asset_watcher.retry import (
         (None, Verdict.RETRY),
         (200, Verdict.DELIVERED),
         (204, Verdict.DELIVERED),
-        (301, Verdict.DEAD),
+        (301, Verdict.RETRY),  # a wrong dagster.url: keep, log, retry
         (400, Verdict.DEAD),
         (401, Verdict.PAUSE),
         (403, Verdict.PAUSE),

@@ -169,7 +169,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     if args.dry_run:
         # Read what was reported before, hold no lock, write nothing.
         exists = (state_dir / "state.sqlite3").exists()
-        store = StateStore(state_dir if exists else None, lock=False, create=False)
+        store = StateStore(state_dir if exists else None, lock=False, read_only=True)
     else:
         store = StateStore(state_dir)
     with store:
@@ -191,7 +191,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
+    """Deliver, print a summary; exit 1 when reports of this or earlier runs are still
+    pending or this run dead-lettered some (older dead letters alone do not fail a run:
+    `status` shows them)."""
     delivered, last_error = 0, None
+    dead_before = store.counts().dead
     if store.counts().pending:  # an idle rescan never loads the HTTP stack
         from asset_watcher.reporter import Deliverer, Reporter
 
@@ -207,7 +211,13 @@ def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
         f"{summary}; {delivered} delivered, {counts.pending} pending, {counts.dead} dead",
         file=sys.stderr,
     )
-    if counts.pending or counts.dead:
+    if dead_before:
+        print(
+            f"asset-watcher: {dead_before} report(s) were dead-lettered before this run; "
+            "`asset-watcher status` lists them, `asset-watcher retry-dead` requeues them",
+            file=sys.stderr,
+        )
+    if counts.pending or counts.dead > dead_before:
         if last_error:
             print(f"asset-watcher: last delivery error: {last_error}", file=sys.stderr)
         return EXIT_FAILED
@@ -305,14 +315,15 @@ def cmd_explain(args: argparse.Namespace) -> int:
 # -- outbox -------------------------------------------------------------------------------
 
 
-def _open_existing_store(config: Config) -> Any:
-    from asset_watcher.errors import StateError
+def _open_existing_store(config: Config, *, read_only: bool) -> Any:
+    """The agent's state, without its lock; an empty one in memory when there is none yet
+    (a fresh host is healthy, not broken)."""
     from asset_watcher.outbox import DB_NAME, StateStore
 
     directory = config.state.resolved_directory()
     if not (directory / DB_NAME).exists():
-        raise StateError(f"no state database in {directory} yet (nothing was scanned)")
-    return StateStore(directory, lock=False, create=False)
+        return StateStore(None)
+    return StateStore(directory, lock=False, create=False, read_only=read_only)
 
 
 STATUS_DEAD_LISTED = 20  # dead letters shown by `status`
@@ -322,7 +333,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from asset_watcher.outbox import order_key_parts
 
     config = _load(args)
-    with _open_existing_store(config) as store:
+    with _open_existing_store(config, read_only=True) as store:
         counts = store.counts()
         last_error = store.meta("last_error")
         last_error_at = store.meta("last_error_at")
@@ -377,7 +388,7 @@ def _iso_local(timestamp: float) -> str:
 
 def cmd_retry_dead(args: argparse.Namespace) -> int:
     config = _load(args)
-    with _open_existing_store(config) as store:
+    with _open_existing_store(config, read_only=False) as store:
         count = store.retry_dead()
     print(f"requeued {count} dead-lettered report(s)")
     return EXIT_OK

@@ -133,7 +133,10 @@ def _locked(method: Callable[..., T]) -> Callable[..., T]:
     @functools.wraps(method)
     def wrapper(self: StateStore, *args: Any, **kwargs: Any) -> T:
         with self.lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise StateError(f"state database in {self.directory}: {exc}") from None
 
     return wrapper
 
@@ -141,18 +144,27 @@ def _locked(method: Callable[..., T]) -> Callable[..., T]:
 class StateStore:
     """One SQLite connection shared by the agent's threads; every method holds `lock`."""
 
-    def __init__(self, directory: Path | None, *, lock: bool = True, create: bool = True) -> None:
-        """`directory=None` keeps the state in memory (a dry run with no state yet)."""
+    def __init__(
+        self,
+        directory: Path | None,
+        *,
+        lock: bool = True,
+        create: bool = True,
+        read_only: bool = False,
+    ) -> None:
+        """`directory=None` keeps the state in memory (a dry run with no state yet).
+        `read_only` (for `status` and dry runs) changes nothing in the directory."""
         self.directory = directory
+        self.read_only = read_only
         self.lock = threading.RLock()
         self._lock_fd: int | None = None
         if directory is None:
             self.db = self._open_db(":memory:")
             return
         try:
-            if create:
+            if create and not read_only:
                 directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-            if lock:
+            if lock and not read_only:
                 self._acquire_lock()
             self.db = self._connect(directory / DB_NAME)
         except OSError as exc:
@@ -176,10 +188,18 @@ class StateStore:
 
     def _connect(self, path: Path) -> sqlite3.Connection:
         try:
+            if self.read_only:
+                db = sqlite3.connect(
+                    f"{path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
+                )
+                db.execute("SELECT COUNT(*) FROM outbox").fetchone()  # readable at all?
+                return db
             return self._open_db(path)
         except sqlite3.DatabaseError as exc:
             if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
                 raise StateError(f"state database {path} is locked: {exc}") from None
+            if self._lock_fd is None:  # only the agent holding the directory may set it aside
+                raise StateError(f"state database {path} is unreadable: {exc}") from None
             # A corrupt database cannot be repaired here. Keep it for inspection and start
             # afresh: the catch-up scan reports every file on disk again, so nothing on
             # disk goes unreported.

@@ -63,3 +63,40 @@ def test_rejected_report_is_dead_lettered_and_scan_exits_1(
     status = cli("-c", str(config), "status")
     assert "dead: 1" in status.stdout
     assert "Empty asset key" in status.stdout
+
+
+def test_status_and_scan_around_dead_letters(
+    sink: Sink, cli: CliRun, config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    config = config_for(config_file, sink.url, tmp_path)
+    fresh = cli("-c", str(config), "status", "--json")
+    assert fresh.returncode == 0, fresh.stderr  # a fresh host is healthy
+    assert '"pending": 0' in fresh.stdout
+
+    secret = "tok-SECRET-42"
+    sink.fail_next(1, 400, message=f"bad request; you sent header {secret}")
+    first = cli("-c", str(config), "scan", env={"DAGSTER_CLOUD_API_TOKEN": secret})
+    assert first.returncode == 1
+    status = cli("-c", str(config), "status", "--json", env={"DAGSTER_CLOUD_API_TOKEN": secret})
+    assert '"dead": 1' in status.stdout
+    assert secret not in first.stdout + first.stderr + status.stdout + status.stderr
+
+    # An old dead letter alone does not fail every later run.
+    (tmp_path / "drop" / "b.csv").write_text("b\n")
+    second = cli("-c", str(config), "scan")
+    assert second.returncode == 0, second.stderr
+    assert "dead-lettered before this run" in second.stderr
+
+
+def test_read_only_commands_leave_a_broken_database_alone(
+    cli: CliRun, config_file: Callable[[str], Path], tmp_path: Path, sink: Sink
+) -> None:
+    config = config_for(config_file, sink.url, tmp_path)
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "state.sqlite3").write_bytes(b"this is not a database" * 100)
+    for args in (("status",), ("scan", "--dry-run")):
+        result = cli("-c", str(config), *args)
+        assert result.returncode == 1, result.stderr
+        assert "unreadable" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in state.iterdir()) == ["state.sqlite3"]

@@ -201,3 +201,63 @@ def test_state_directory_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     monkeypatch.delenv("STATE_DIRECTORY")
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
     assert StateSettings().resolved_directory() == tmp_path / "xdg" / "asset-watcher"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('token = "in-the-file"\n', "token: unknown key"),
+        ("[dagster]\ntimeout_seconds = inf\n", "dagster.timeout_seconds: Input should be a finite"),
+        ("[dagster]\ntimeout_seconds = 100000\n", "dagster.timeout_seconds: Input should be less"),
+    ],
+)
+def test_settings_that_must_not_be_accepted(
+    config_file: Callable[[str], Path], text: str, expected: str
+) -> None:
+    problems = problems_of(config_file(text))
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+def test_bad_environment_json_is_a_config_error(
+    config_file: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASSET_WATCHER_DEFAULTS__IGNORE", "not json")
+    (problem,) = problems_of(config_file(""))
+    assert problem.startswith("environment:") and "defaults" in problem
+
+
+def test_unusable_tokens_are_refused_without_echoing_them(
+    config_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = config_file("")
+    monkeypatch.setenv("DAGSTER_CLOUD_API_TOKEN", "part-one\npart-two")
+    (problem,) = problems_of(path)
+    assert "white space or control characters" in problem
+    assert "part-one" not in problem
+    monkeypatch.delenv("DAGSTER_CLOUD_API_TOKEN")
+    token_file = tmp_path / "token"
+    token_file.write_bytes(b"\xff\xfe")
+    (problem,) = problems_of(config_file(f'[dagster]\ntoken_file = "{token_file}"\n'))
+    assert problem.startswith("dagster.token_file: cannot read") and "UTF-8" in problem
+
+
+def test_duplicate_names_come_out_with_the_other_problems(
+    config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        regex = '(?P<d>x'
+        asset_key = "a/{{d}}"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a/{{d}}"
+        event = "bogus"
+        """
+    )
+    problems = problems_of(path)
+    assert any(p.startswith("watch[1].regex: invalid") for p in problems)
+    assert not any(p.startswith("watch[1].asset_key") for p in problems)  # not a 2nd symptom
+    assert any(p.startswith("watch[2].event") for p in problems)
+    assert any(p.startswith("watch[2].name: duplicate rule name") for p in problems)

@@ -27,6 +27,7 @@ from asset_watcher import metrics, systemd
 from asset_watcher.config import Config, load_config
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
 from asset_watcher.logs import add_secret
+from asset_watcher.model import display_path
 from asset_watcher.observe import (
     Change,
     ChangeKind,
@@ -39,7 +40,6 @@ from asset_watcher.observe import (
 from asset_watcher.outbox import StateStore
 from asset_watcher.pipeline import Pipeline, Scanner
 from asset_watcher.reporter import Deliverer, Reporter
-from asset_watcher.reports import display_path
 from asset_watcher.rules import Rule, compile_rules
 
 log = logging.getLogger(__name__)

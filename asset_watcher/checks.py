@@ -30,7 +30,7 @@ from asset_watcher.config import (
     RowCountCheck,
     SizeCheck,
 )
-from asset_watcher.model import FileMatch, Fingerprint
+from asset_watcher.model import FileMatch, Fingerprint, display_path, utf8_path
 from asset_watcher.rules import Rule
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,6 @@ class CheckCannotRun(Exception):
 Outcome = tuple[bool, dict[str, Any]]
 
 
-def _display(text: str) -> str:
-    """Text as valid UTF-8: undecodable bytes of a file name shown as backslash escapes."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace")
-
-
 def _bounds(**bounds: int | None) -> dict[str, int]:
     return {key: value for key, value in bounds.items() if value is not None}
 
@@ -87,7 +82,7 @@ def _name_regex(
     name = os.path.basename(match.path)
     # search, like the rule's own `regex`: anchor the pattern to match the whole name.
     passed = re.search(check.pattern, name) is not None
-    return passed, {"name": _display(name), "pattern": check.pattern}
+    return passed, {"name": utf8_path(name), "pattern": check.pattern}
 
 
 def _csv_header(
@@ -241,9 +236,9 @@ def evaluate(
     except CheckCannotRun as exc:
         passed, metadata = False, {"error": str(exc), "check_could_not_run": True}
     except Exception as exc:  # a bug here must not cost the file its report
-        log.exception("check %s crashed on %s", check.check_name, _display(match.path))
+        log.exception("check %s crashed on %s", check.check_name, display_path(match.path))
         passed, metadata = False, {"error": f"internal error: {exc!r}", "check_could_not_run": True}
-    metadata = {"path": _display(match.path), **metadata}
+    metadata = {"path": utf8_path(match.path), **metadata}
     return CheckResult(check.check_name, passed, check.severity, metadata)
 
 

@@ -238,13 +238,13 @@ class _ReportPrinter:
         return endpoint_url(self.base_url, kind)
 
     def __call__(self, report: Any, match: Any) -> None:
-        from asset_watcher.reports import display_path
+        from asset_watcher.model import display_path, utf8_path
 
         if self.as_json:
             entry = {
                 "event": report.kind.value,
                 "url": self.url(report.kind),
-                "path": display_path(match.path),
+                "path": utf8_path(match.path),
                 "asset_key": list(report.asset_key),
                 "partition": report.partition,
                 "body": report.body,
@@ -279,7 +279,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from asset_watcher.reports import display_path
+    from asset_watcher.model import display_path
     from asset_watcher.rules import compile_rules, explain
     from asset_watcher.scan import file_stat
 

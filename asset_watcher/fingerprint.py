@@ -48,9 +48,13 @@ def fingerprint(
     *,
     count_lines: bool = False,
     follow_symlinks: bool = False,
+    expected_real_path: str | None = None,
 ) -> Fingerprint:
     """Read `path` once. Raises OSError (vanished, unreadable), NotRegularFileError, or
-    FileChangedError when its size or mtime moved during the read."""
+    FileChangedError when its size or mtime moved during the read.
+
+    O_NOFOLLOW guards only the last component: `expected_real_path` makes sure no folder
+    on the way was swapped for a link (an SFTP user racing the agent out of the drop)."""
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK  # NONBLOCK: a FIFO must not hang us
     if not follow_symlinks:
         flags |= os.O_NOFOLLOW
@@ -61,6 +65,8 @@ def fingerprint(
             raise NotRegularFileError(exc.errno, "is a symbolic link (not followed)") from None
         raise
     with os.fdopen(fd, "rb", buffering=0) as handle:
+        if expected_real_path is not None and _real_path(fd) not in (None, expected_real_path):
+            raise NotRegularFileError(0, "reached through a symbolic link (not followed)")
         before = os.fstat(fd)
         if not stat_module.S_ISREG(before.st_mode):
             raise NotRegularFileError(0, "not a regular file")
@@ -100,3 +106,11 @@ def fingerprint(
         first_line=bytes(first_line).rstrip(b"\r"),
         line_count=line_count,
     )
+
+
+def _real_path(fd: int) -> str | None:
+    """Where an open file really is (Linux /proc); None where that cannot be told."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return None

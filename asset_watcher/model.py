@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,3 +83,22 @@ class Report:
     def order_key(self) -> str:
         """Reports with the same order key are delivered in the order they were queued."""
         return "\x1f".join(self.asset_key) + "\x1e" + (self.partition or "")
+
+
+def utf8_path(path: str) -> str:
+    """A path as valid UTF-8 text for report metadata: undecodable bytes of a name shown as
+    backslash escapes, everything else as it is."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def display_path(path: str) -> str:
+    """A path as printable text for logs and people: like `utf8_path`, and control
+    characters escaped too (a newline in an uploaded file's name must not forge a log
+    line)."""
+    text = utf8_path(path)
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
+        for char in text
+    )

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 from asset_watcher import metrics
 from asset_watcher.errors import StateError
-from asset_watcher.model import FileMatch, FileStat
+from asset_watcher.model import FileMatch, FileStat, display_path
 from asset_watcher.observe import Change, ChangeKind
 from asset_watcher.outbox import StateStore
-from asset_watcher.reports import deleted_report, display_path, reports_for_version
+from asset_watcher.reports import deleted_report, reports_for_version
 from asset_watcher.rules import Rule, owner
 from asset_watcher.scan import Candidate, file_stat, is_changed, take_version, walk
 from asset_watcher.settle import Origin, Settled, Settler

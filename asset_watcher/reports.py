@@ -8,20 +8,14 @@ nor a `/`-joined string would.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
 from asset_watcher.checks import data_rows, run_checks
-from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
-from asset_watcher.rules import Rule
-
-
-def display_path(path: str) -> str:
-    """A path as valid UTF-8 text: undecodable bytes shown as backslash escapes."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report, utf8_path
+from asset_watcher.rules import Rule, short_host_name
 
 
 def file_uri(path: str, host: str) -> str:
@@ -48,7 +42,7 @@ def file_metadata(
     `dagster/row_count` counts lines, less the first when `header_lines` says it is a header.
     """
     metadata: dict[str, Any] = dict(static)
-    metadata["path"] = display_path(match.path)
+    metadata["path"] = utf8_path(match.path)
     metadata["dagster/uri"] = file_uri(match.path, host)
     metadata["size_bytes"] = print_.stat.size
     if print_.digest is not None:
@@ -116,7 +110,7 @@ def file_report(
     host: str | None = None,
 ) -> Report:
     """The report for one completed file version."""
-    host = host or socket.gethostname()
+    host = host or short_host_name()
     return event_report(
         kind,
         match.asset_key,
@@ -136,9 +130,9 @@ def file_report(
 
 def deleted_report(match: FileMatch, *, host: str | None = None) -> Report:
     """An observation saying the file is gone (`on_delete = "observe"`)."""
-    host = host or socket.gethostname()
+    host = host or short_host_name()
     metadata = {
-        "path": display_path(match.path),
+        "path": utf8_path(match.path),
         "dagster/uri": file_uri(match.path, host),
         "deleted": True,
         "host": host,
@@ -164,6 +158,7 @@ def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> li
         static=rule.settings.metadata,
         count_rows=bool(rule.settings.count_rows),
         header_lines=header_lines,
+        host=rule.host,
     )
     checks = [
         check_report(

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from asset_watcher.config import Config, WatchRule
-from asset_watcher.model import EventKind, FileMatch
+from asset_watcher.model import EventKind, FileMatch, display_path
 
 
 def short_host_name() -> str:
@@ -68,6 +68,11 @@ class Rule:
     @property
     def root(self) -> str:
         return str(self.settings.path)
+
+    @cached_property
+    def real_root(self) -> str:
+        """The root with its own links resolved: what a file below it really lives under."""
+        return os.path.realpath(self.root)
 
     @property
     def event(self) -> EventKind:
@@ -155,8 +160,9 @@ class Rule:
         if not key:
             return f"asset key renders empty for {rel!r}"
         for text in (*key, partition or "", description or ""):
-            if not _is_utf8(text) or "\x00" in text:
-                return f"name of {rel!r} is not valid UTF-8: cannot render the asset key"
+            if not is_utf8(text) or "\x00" in text:
+                shown = display_path(rel)
+                return f"name of {shown!r} is not valid UTF-8: cannot render the asset key"
         return FileMatch(
             rule_name=self.name,
             path=path,
@@ -207,7 +213,8 @@ class Rule:
         return bool(regex.match(rel) or regex.match("/" + rel))
 
 
-def _is_utf8(text: str) -> bool:
+def is_utf8(text: str) -> bool:
+    """Whether `text` (a file name decoded with surrogateescape) is valid UTF-8."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 from asset_watcher import metrics
 from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fingerprint, stat_of
-from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report, stat_key
+from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report, display_path, stat_key
 from asset_watcher.outbox import KnownVersion, StateStore
-from asset_watcher.reports import display_path, reports_for_version
-from asset_watcher.rules import Rule, owner
+from asset_watcher.reports import reports_for_version
+from asset_watcher.rules import Rule, is_utf8, owner
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,9 @@ def listing(
         folder = stack.pop()
         files = []
         try:
-            fd = os.open(folder, flags | (0 if follow or folder == top else os.O_NOFOLLOW))
+            # Only the configured root may itself be reached through a link.
+            nofollow = 0 if follow or folder == rule.root else os.O_NOFOLLOW
+            fd = os.open(folder, flags | nofollow)
         except OSError as exc:
             log.warning("cannot list %s: %s", display_path(folder), exc.strerror)
             continue
@@ -121,6 +123,11 @@ def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
             rule.settings.hash or "sha256",
             count_lines=rule.needs_line_count,
             follow_symlinks=bool(rule.settings.follow_symlinks),
+            expected_real_path=(
+                None
+                if rule.settings.follow_symlinks
+                else os.path.join(rule.real_root, match.relpath)
+            ),
         )
     except FileChangedError:
         return "still being written"
@@ -177,6 +184,7 @@ def scan(
                     store,
                     result,
                     dry_run=dry_run,
+                    force=force,
                     emit=emit,
                     now=clock(),
                 )
@@ -193,12 +201,22 @@ def _scan_file(
     result: ScanResult,
     *,
     dry_run: bool,
+    force: bool,
     emit: Callable[[Report, FileMatch], None] | None,
     now: float,
 ) -> None:
     # The same decision as `explain` and `run`. Another rule's walk reports what it owns.
     match = owner(rules, candidate.path)
-    if match is None or match.rule_name != rule.name:
+    if match is None:
+        reason = rule.match(candidate.path)
+        if isinstance(reason, str) and not is_utf8(candidate.path):
+            log.info("skipped %s: %s", display_path(candidate.path), reason)
+            result.skipped += 1
+        return
+    if match.rule_name != rule.name:
+        return
+    if previous is None and not force and carry_over_rename(store, rules, match, candidate.stat):
+        result.unchanged += 1
         return
     settle = rule.settings.settle_seconds or 0.0
     # A future mtime (a sender's clock, a preserved timestamp) says nothing about an
@@ -229,6 +247,32 @@ def _scan_file(
     if emit is not None:
         for report in reports:
             emit(report, match)
+
+
+def carry_over_rename(
+    store: StateStore, rules: Sequence[Rule], match: FileMatch, stat: FileStat
+) -> str | None:
+    """A reported file renamed while nobody watched (or where inotify could not pair the
+    rename): same inode, size and mtime as a reported version whose path is gone, owned by
+    the same rule with the same asset key and partition. Carry its version over to the new
+    path, as SPEC 3 says a rename within a rule is not a new version; returns the old path."""
+    for old_path, version in store.known_by_inode(stat.inode):
+        if (version.stat.size, version.stat.mtime_ns) != (stat.size, stat.mtime_ns):
+            continue
+        if old_path == match.path or os.path.lexists(old_path):
+            continue
+        previous = owner(rules, old_path)
+        if previous is None or (previous.rule_name, previous.asset_key, previous.partition) != (
+            match.rule_name,
+            match.asset_key,
+            match.partition,
+        ):
+            continue
+        if store.move_version(old_path, match.path):
+            log.info("%s was renamed from %s: not a new version",
+                     display_path(match.path), display_path(old_path))  # fmt: skip
+            return old_path
+    return None
 
 
 def file_stat(path: str, follow_symlinks: bool = False) -> FileStat | None:

@@ -176,3 +176,51 @@ def test_second_agent_on_the_same_state_directory_is_refused(tmp_path: Path) -> 
     assert f"pid {os.getpid()}" in str(caught.value)
     with StateStore(tmp_path / "state"):  # released on close
         pass
+
+
+def test_a_rename_within_a_rule_is_not_a_new_version(
+    config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "a.csv").write_text("a\n")
+    rules = make_rules(config_file, drop)  # key per stem: a rename changes the key
+    with StateStore(tmp_path / "state") as store:
+        assert len(reports_of(rules, store)) == 1
+        (drop / "a.csv").rename(drop / "b.csv")
+        (report,) = reports_of(rules, store)  # another asset key: an arrival
+        assert report.asset_key == ("drops", "b")
+
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{drop}"
+        asset_key = "drops/all"
+        settle_seconds = 0
+        """
+    )
+    same_key = compile_rules(load_config(path))
+    with StateStore(tmp_path / "state2") as store:
+        assert len(reports_of(same_key, store)) == 1
+        (drop / "b.csv").rename(drop / "c.csv")
+        assert reports_of(same_key, store) == []
+        assert store.known(str(drop / "c.csv")) is not None
+        assert store.counts().tracked_files == 1
+
+
+def test_files_behind_a_linked_folder_are_not_read(tmp_path: Path) -> None:
+    from asset_watcher.fingerprint import NotRegularFileError, fingerprint
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("secret\n")
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "sub").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(NotRegularFileError):
+        fingerprint(
+            str(drop / "sub" / "secret.csv"), expected_real_path=str(drop / "sub/secret.csv")
+        )
+    inside = drop / "in.csv"
+    inside.write_text("ok\n")
+    assert fingerprint(str(inside), expected_real_path=str(inside)).stat.size == 3

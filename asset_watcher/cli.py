@@ -298,6 +298,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print("  not reported: no rule owns it")
             continue
         rule = by_name[match.rule_name]
+        real = os.path.join(rule.real_root, match.relpath)
+        if not rule.settings.follow_symlinks and os.path.realpath(path) != real:
+            print("  not reported: reached through a symbolic link (links are not followed)")
+            continue
         print(f"  rule {rule.name}: owns it")
         print(f"  event: {rule.event.value}")
         print(f"  asset key parts: {json.dumps(list(match.asset_key), ensure_ascii=False)}")

@@ -100,3 +100,19 @@ def test_read_only_commands_leave_a_broken_database_alone(
         assert result.returncode == 1, result.stderr
         assert "unreadable" in result.stderr and "Traceback" not in result.stderr
     assert sorted(p.name for p in state.iterdir()) == ["state.sqlite3"]
+
+
+def test_explain_says_links_are_not_followed(
+    cli: CliRun, config_file: Callable[[str], Path], tmp_path: Path, sink: Sink
+) -> None:
+    config = config_for(config_file, sink.url, tmp_path)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.csv").write_text("s\n")
+    (tmp_path / "drop" / "linked").symlink_to(outside, target_is_directory=True)
+    result = cli("-c", str(config), "explain", str(tmp_path / "drop" / "linked" / "secret.csv"))
+    assert result.returncode == 0, result.stderr
+    assert "not reported: reached through a symbolic link" in result.stdout
+    scanned = cli("-c", str(config), "scan")
+    assert scanned.returncode == 0, scanned.stderr
+    assert all("secret" not in str(r.json) for r in sink.requests)

@@ -39,7 +39,3 @@ class StateLockedError(AssetWatcherError):
 
 class StateError(AssetWatcherError):
     """The state database cannot be opened or written (full disk, permissions, corruption)."""
-
-
-class DeliveryError(AssetWatcherError):
-    """A report could not be delivered to Dagster."""

@@ -414,9 +414,6 @@ class StateStore:
         with self.transaction() as db:
             db.executemany("UPDATE outbox SET next_attempt_at = 0 WHERE id = ?", ids)
 
-    def ack(self, item_id: int) -> None:
-        self.ack_many([item_id])
-
     def ack_many(self, item_ids: list[int]) -> None:
         """Remove delivered reports, in one transaction."""
         if not item_ids:

@@ -411,7 +411,7 @@ def test_reports_for_version_event_first_then_one_per_check(
         while due := store.due(now=1e12, limit=10):
             (item,) = due
             delivered.append(item.kind)
-            store.ack(item.id)
+            store.ack_many([item.id])
         assert delivered == [r.kind for r in reports]
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat as stat_module
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,8 +23,9 @@ from dataclasses import dataclass, field
 
 from asset_watcher import metrics
 from asset_watcher.errors import StateError
+from asset_watcher.fingerprint import stat_of
 from asset_watcher.model import FileMatch, FileStat
-from asset_watcher.observe import Change, ChangeKind
+from asset_watcher.observe import Change, ChangeKind, through_link
 from asset_watcher.outbox import StateStore
 from asset_watcher.reports import deleted_report, display_path, reports_for_version
 from asset_watcher.rules import Rule, owner
@@ -161,6 +163,12 @@ class Pipeline:
                 self._found(item)
             elif isinstance(item, Change):
                 self._change(item)
+        except StateError as exc:
+            # The state cannot be written (full disk): carrying on would drop this change
+            # for good. Stop; the agent exits 1 and the next start's catch-up scan
+            # finds what was not recorded.
+            log.error("could not record %s: %s", _describe(item), exc)
+            raise
         except Exception:  # one odd file must not stop the agent
             log.exception("could not handle %r", item)
 
@@ -175,6 +183,9 @@ class Pipeline:
                     self._complete(settled, *found)
                 elif found is None:
                     self.settler.discard(path)
+            except StateError as exc:  # as in `handle`: stop rather than lose it
+                log.error("could not record %s: %s", display_path(path), exc)
+                raise
             except Exception:
                 self.settler.discard(path)
                 log.exception("could not settle %s", display_path(path))
@@ -217,7 +228,8 @@ class Pipeline:
         if kind in (ChangeKind.WRITTEN, ChangeKind.CREATED, ChangeKind.MODIFIED):
             self._marker_appeared(change.path)
             if kind is ChangeKind.CREATED:
-                return  # a close-after-write follows when the writer is done
+                self._created(change)
+                return
             found = self._owner(change.path)
             if found is None:
                 return
@@ -245,6 +257,26 @@ class Pipeline:
                 self._deleted(path)
         else:  # FOLDER_MOVED_IN, ROOT_GONE, OVERFLOW, WATCH_FAILED: the agent's business
             self.control(change)
+
+    def _created(self, change: Change) -> None:
+        """A new name. Usually a writer's: its close-after-write follows, and a slow upload
+        must not be settled half-written. But a hard link (OpenSSH's sftp-server renames
+        with link() + unlink()) gets no close event: when the content is older than the
+        name (link() moves the ctime, not the mtime) or has another name, it arrived."""
+        found = self._owner(change.path)
+        if found is None:
+            return
+        rule = found[0]
+        try:
+            st = os.stat(change.path, follow_symlinks=self._follow(rule))
+        except OSError:
+            return
+        if not stat_module.S_ISREG(st.st_mode):
+            return
+        linked = st.st_nlink > 1 or (st.st_size > 0 and st.st_mtime_ns < st.st_ctime_ns)
+        if linked:
+            settle = rule.settings.settle_seconds or 0.0
+            self.settler.written(change.path, stat_of(st), settle, at=change.at)
 
     def _moved(self, source: str, destination: str, at: float) -> None:
         self._marker_appeared(destination)
@@ -351,6 +383,10 @@ class Pipeline:
     def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
         """Record a new version of a quiet file, unless it is none."""
         path = settled.path
+        if not self._follow(rule) and through_link(rule.root, path):
+            # A folder on the way was swapped for a symbolic link after it was listed.
+            log.info("skipped %s: a folder on its path is a symbolic link", display_path(path))
+            return
         known = self.store.known(path)
         changed: bool | None = True
         if settled.origin is Origin.WRITTEN:
@@ -401,6 +437,15 @@ class Pipeline:
             print_.stat.size,
         )
         self.on_queued()
+
+
+def _describe(item: Item) -> str:
+    if isinstance(item, Change):
+        what = f"{item.kind.value} {display_path(item.path)}"
+        return what + (f" -> {display_path(item.dest)}" if item.dest else "")
+    if isinstance(item, Found):
+        return display_path(item.path)
+    return repr(item)
 
 
 def _undecodable(path: str) -> bool:

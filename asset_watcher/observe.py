@@ -294,8 +294,25 @@ def _install_inotify_hooks() -> bool:
                     _notify_failure(os.fsdecode(path), exc.errno or 0)
                 raise
 
+        read = inotify.__dict__.get("read_events")
+
+        @functools.wraps(read)  # type: ignore[arg-type]
+        def read_events(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return read(self, *args, **kwargs)  # type: ignore[misc]
+            except KeyError as exc:
+                # watchdog walks a new folder and then looks up each subfolder's watch;
+                # one that vanished or was refused (a link) is missing and its KeyError
+                # would end the emitter thread. The batch is lost: answer as for an
+                # overflow, with a rescan.
+                log.info("events lost while a new folder changed under watchdog: %r", exc)
+                _notify_overflow()
+                return []
+
         inotify._parse_event_buffer = staticmethod(parse_event_buffer)  # type: ignore[union-attr]
         inotify._add_watch = add_watch  # type: ignore[union-attr]
+        if callable(read):
+            inotify.read_events = read_events  # type: ignore[union-attr]
         _hooks_installed = True
         return True
 

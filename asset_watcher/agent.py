@@ -160,6 +160,8 @@ def _thread(name: str, target: Callable[[], None]) -> threading.Thread:
     def body() -> None:
         try:
             target()
+        except AssetWatcherError as exc:  # expected (a full disk): one clear line
+            log.error("the %s thread stopped: %s", name, exc)
         except Exception:
             log.exception("the %s thread failed", name)
 
@@ -181,6 +183,9 @@ class Agent:
         self._watches: dict[tuple[str, str, bool, float], _WatchState] = {}
         self._threads = _Threads()
         self._last_overflow_log = -OVERFLOW_LOG_SECONDS
+        # A reload changed [dagster]: the old deliverer is finishing its requests in
+        # flight; the new one starts once it has ended (never two at once).
+        self._delivery_restart = False
         self.rules: list[Rule] = []
         self.exit_status = EXIT_OK
 
@@ -287,7 +292,36 @@ class Agent:
         self._controls.put(change)
 
     def _healthy(self) -> bool:
-        return all(thread.is_alive() for thread in self._threads.all())
+        threads = self._threads.all()
+        if self._delivery_restart:  # the old deliverer is meant to end
+            threads = [t for t in threads if t is not self._threads.deliverer]
+        return all(thread.is_alive() for thread in threads)
+
+    def _restart_delivery(self) -> None:
+        """Apply new [dagster] settings: the running deliverer stops claiming reports and
+        lets its requests in flight finish (up to its own timeout + 1 s); the new one
+        starts when it has ended. Starting it earlier would send those reports twice."""
+        delivery = self._delivery
+        delivery.stop.set()
+        delivery.deliverer.wake()
+        if not self._delivery_restart:
+            self._delivery_restart = True
+            log.info(
+                "delivery restarts with the new [dagster] settings once requests in flight end"
+            )
+        self._finish_delivery_restart()
+
+    def _finish_delivery_restart(self) -> None:
+        """From the main loop: start the new deliverer once the old thread has ended."""
+        if not self._delivery_restart:
+            return
+        thread = self._threads.deliverer
+        if thread is not None and thread.is_alive():
+            return
+        self._delivery.reporter.close()
+        self._delivery_restart = False
+        self._delivery = self._start_delivery()
+        log.info("delivery restarted with the new [dagster] settings")
 
     def _main_loop(self) -> None:
         interval = systemd.watchdog_interval_seconds()
@@ -297,6 +331,7 @@ class Agent:
         next_status = now + STATUS_SECONDS
         while not self.stop_event.is_set():
             now = time.monotonic()
+            self._finish_delivery_restart()
             if not self._healthy():
                 dead = [t.name for t in self._threads.all() if not t.is_alive()]
                 log.critical(
@@ -573,9 +608,7 @@ class Agent:
         old_token = old.token.get_secret_value() if old.token else None
         new_token = new.token.get_secret_value() if new.token else None
         if new.dagster != old.dagster or new_token != old_token:
-            self._stop_delivery(self._delivery, time.monotonic() + new.dagster.timeout_seconds)
-            self._delivery = self._start_delivery()
-            log.info("delivery restarted with the new [dagster] settings")
+            self._restart_delivery()
         self.scanner.request_full(None, "rescan after reload")
 
     def status_line(self) -> str:

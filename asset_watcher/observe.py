@@ -22,12 +22,14 @@ import errno
 import functools
 import logging
 import os
+import re
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, AnyStr, Literal
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -119,29 +121,33 @@ class WatchError(Exception):
 # -- choosing an observer -----------------------------------------------------------------
 
 
-def _unescape_mount(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo.
-    return field.encode().decode("unicode_escape")
+_MOUNT_ESCAPE = re.compile(rb"\\([0-7]{3})")
+
+
+def _unescape_mount(field: bytes) -> str:
+    """mountinfo escapes space, tab, newline and backslash as \\ooo and writes every other
+    byte as it is: unescape on bytes, then decode as the file system would."""
+    return os.fsdecode(_MOUNT_ESCAPE.sub(lambda m: bytes([int(m.group(1), 8) & 0xFF]), field))
 
 
 def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str | None:
     """The type of the file system holding `path` (longest mount point prefix)."""
     try:
-        with open(mountinfo, encoding="utf-8", errors="surrogateescape") as handle:
+        with open(mountinfo, "rb") as handle:
             lines = handle.read().splitlines()
     except OSError:
         return None
     real = os.path.realpath(path)
     best: tuple[int, str] | None = None
     for line in lines:
-        left, sep, right = line.partition(" - ")
+        left, sep, right = line.partition(b" - ")
         fields = left.split()
         if not sep or len(fields) < 5 or not right:
             continue
         mount_point = _unescape_mount(fields[4])
         inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
         if inside and (best is None or len(mount_point) >= best[0]):
-            best = (len(mount_point), right.split()[0])
+            best = (len(mount_point), os.fsdecode(right.split()[0]))
     return best[1] if best else None
 
 
@@ -197,6 +203,27 @@ _hooks_installed: bool | None = None  # None: not tried yet
 _overflow_listeners: set[Callable[[], None]] = set()
 _failure_listeners: set[Callable[[str, int], None]] = set()
 IN_Q_OVERFLOW = 0x4000
+IN_ONLYDIR = 0x01000000
+IN_DONT_FOLLOW = 0x02000000
+
+
+def through_link(root: AnyStr, path: AnyStr) -> bool:
+    """Whether a folder between `root` (excluded) and `path` (excluded) is a symbolic link
+    or no folder at all: then `path` does not lie in the tree we were asked to watch."""
+    sep = "/" if isinstance(path, str) else b"/"
+    prefix = root.rstrip(sep) + sep
+    if not path.startswith(prefix):
+        return False
+    parts = path[len(prefix) :].split(sep)[:-1]
+    current = root
+    for part in parts:
+        current = current.rstrip(sep) + sep + part
+        try:
+            if not stat.S_ISDIR(os.lstat(current).st_mode):
+                return True
+        except OSError:
+            return True
+    return False
 
 
 def _notify_overflow() -> None:
@@ -246,14 +273,46 @@ def _install_inotify_hooks() -> bool:
 
         @functools.wraps(add)
         def add_watch(self: Any, path: bytes, mask: int) -> int:
+            # watchdog drops IN_DONT_FOLLOW from the mask once an event filter is given,
+            # so a subfolder swapped for a symbolic link (`rmdir d; ln -s /etc d`) would
+            # be followed and watched. Only the configured root may be a link.
+            mask |= IN_ONLYDIR
+            root = getattr(self, "_path", None)
             try:
+                if path != root:
+                    mask |= IN_DONT_FOLLOW
+                    if isinstance(root, bytes) and through_link(root, path):
+                        raise OSError(errno.ENOTDIR, "a folder above it is a symbolic link")
                 return add(self, path, mask)  # type: ignore[no-any-return]
             except OSError as exc:
-                _notify_failure(os.fsdecode(path), exc.errno or 0)
+                if exc.errno == errno.ENOTDIR:  # a link or a file now: nothing to watch
+                    log.info(
+                        "not watching %s: not a folder (links are not followed)",
+                        os.fsdecode(path),
+                    )
+                else:
+                    _notify_failure(os.fsdecode(path), exc.errno or 0)
                 raise
+
+        read = inotify.__dict__.get("read_events")
+
+        @functools.wraps(read)  # type: ignore[arg-type]
+        def read_events(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return read(self, *args, **kwargs)  # type: ignore[misc]
+            except KeyError as exc:
+                # watchdog walks a new folder and then looks up each subfolder's watch;
+                # one that vanished or was refused (a link) is missing and its KeyError
+                # would end the emitter thread. The batch is lost: answer as for an
+                # overflow, with a rescan.
+                log.info("events lost while a new folder changed under watchdog: %r", exc)
+                _notify_overflow()
+                return []
 
         inotify._parse_event_buffer = staticmethod(parse_event_buffer)  # type: ignore[union-attr]
         inotify._add_watch = add_watch  # type: ignore[union-attr]
+        if callable(read):
+            inotify.read_events = read_events  # type: ignore[union-attr]
         _hooks_installed = True
         return True
 
@@ -348,6 +407,27 @@ def _root_identity(path: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if os.path.isdir(path) else None
 
 
+def _list_folder(root: str, path: str | None) -> Iterator[os.DirEntry[str]]:
+    """The polling observer's listing: never through a symbolic link below `root`."""
+    path = path or root
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+    if path != root:
+        flags |= os.O_NOFOLLOW
+        if through_link(root, path):
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # the last step is a link: treat it as no folder
+            raise OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), path) from None
+        raise
+    try:
+        with os.scandir(fd) as entries:
+            return iter(list(entries))
+    finally:
+        os.close(fd)
+
+
 class Watch:
     """One watched folder: its own watchdog observer, so one failing folder (a watch
     limit, a deleted root) can be restarted without touching the others."""
@@ -403,10 +483,11 @@ class Watch:
         else:
             from watchdog.observers.polling import PollingObserverVFS
 
-            # lstat: a symbolic link to a folder is not descended into.
+            # lstat: a symbolic link to a folder is not descended into; and a folder
+            # swapped for a link between that lstat and its listing is not listed.
             observer = PollingObserverVFS(
                 os.lstat,
-                os.scandir,
+                functools.partial(_list_folder, self.root),
                 polling_interval=self.poll_interval_seconds,  # type: ignore[arg-type]
             )
             events = _POLLING_EVENTS
@@ -455,12 +536,14 @@ class Watch:
             if add_watch is None:
                 return False
             for current, dirnames, _ in os.walk(folder):
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                    try:
-                        add_watch(os.fsencode(current))
-                    except OSError as exc:
-                        self._failed(current, exc.errno or 0)
-                        return True
+                try:
+                    add_watch(os.fsencode(current))
+                except OSError as exc:
+                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # gone, or now a link
+                        dirnames[:] = []
+                        continue
+                    self._failed(current, exc.errno or 0)
+                    return True
                 dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(current, d))]
         return True
 

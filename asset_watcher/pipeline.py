@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import stat as stat_module
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,12 +23,20 @@ from dataclasses import dataclass, field
 
 from asset_watcher import metrics
 from asset_watcher.errors import StateError
+from asset_watcher.fingerprint import stat_of
 from asset_watcher.model import FileMatch, FileStat, display_path
-from asset_watcher.observe import Change, ChangeKind
+from asset_watcher.observe import Change, ChangeKind, through_link
 from asset_watcher.outbox import StateStore
 from asset_watcher.reports import deleted_report, reports_for_version
 from asset_watcher.rules import Rule, owner
-from asset_watcher.scan import Candidate, file_stat, is_changed, take_version, walk
+from asset_watcher.scan import (
+    Candidate,
+    carry_over_rename,
+    file_stat,
+    is_changed,
+    take_version,
+    walk,
+)
 from asset_watcher.settle import Origin, Settled, Settler
 
 log = logging.getLogger(__name__)
@@ -161,6 +170,12 @@ class Pipeline:
                 self._found(item)
             elif isinstance(item, Change):
                 self._change(item)
+        except StateError as exc:
+            # The state cannot be written (full disk): carrying on would drop this change
+            # for good. Stop; the agent exits 1 and the next start's catch-up scan
+            # finds what was not recorded.
+            log.error("could not record %s: %s", _describe(item), exc)
+            raise
         except Exception:  # one odd file must not stop the agent
             log.exception("could not handle %r", item)
 
@@ -175,6 +190,9 @@ class Pipeline:
                     self._complete(settled, *found)
                 elif found is None:
                     self.settler.discard(path)
+            except StateError as exc:  # as in `handle`: stop rather than lose it
+                log.error("could not record %s: %s", display_path(path), exc)
+                raise
             except Exception:
                 self.settler.discard(path)
                 log.exception("could not settle %s", display_path(path))
@@ -217,7 +235,8 @@ class Pipeline:
         if kind in (ChangeKind.WRITTEN, ChangeKind.CREATED, ChangeKind.MODIFIED):
             self._marker_appeared(change.path)
             if kind is ChangeKind.CREATED:
-                return  # a close-after-write follows when the writer is done
+                self._created(change)
+                return
             found = self._owner(change.path)
             if found is None:
                 return
@@ -246,6 +265,26 @@ class Pipeline:
         else:  # FOLDER_MOVED_IN, ROOT_GONE, OVERFLOW, WATCH_FAILED: the agent's business
             self.control(change)
 
+    def _created(self, change: Change) -> None:
+        """A new name. Usually a writer's: its close-after-write follows, and a slow upload
+        must not be settled half-written. But a hard link (OpenSSH's sftp-server renames
+        with link() + unlink()) gets no close event: when the content is older than the
+        name (link() moves the ctime, not the mtime) or has another name, it arrived."""
+        found = self._owner(change.path)
+        if found is None:
+            return
+        rule = found[0]
+        try:
+            st = os.stat(change.path, follow_symlinks=self._follow(rule))
+        except OSError:
+            return
+        if not stat_module.S_ISREG(st.st_mode):
+            return
+        linked = st.st_nlink > 1 or (st.st_size > 0 and st.st_mtime_ns < st.st_ctime_ns)
+        if linked:
+            settle = rule.settings.settle_seconds or 0.0
+            self.settler.written(change.path, stat_of(st), settle, at=change.at)
+
     def _moved(self, source: str, destination: str, at: float) -> None:
         self._marker_appeared(destination)
         carried = self.settler.moved(source, destination)
@@ -268,6 +307,8 @@ class Pipeline:
             self.counts.moved += 1
             log.debug("moved %s -> %s", display_path(source), display_path(destination))
             return
+        if same_asset and self._already_carried(destination, rule):
+            return  # a scan of the new folder saw the new name first and carried it over
         # A rename into place (from a temporary name, another rule or another key).
         if src_match is not None:
             self._deleted(source)
@@ -278,6 +319,16 @@ class Pipeline:
             self.settler.discard(destination)
             return
         self.settler.written(destination, stat, rule.settings.settle_seconds or 0.0, at=at)
+
+    def _already_carried(self, path: str, rule: Rule) -> bool:
+        known = self.store.known(path)
+        stat = file_stat(path, self._follow(rule))
+        return (
+            known is not None
+            and stat is not None
+            and (known.stat.inode, known.stat.size, known.stat.mtime_ns)
+            == (stat.inode, stat.size, stat.mtime_ns)
+        )
 
     def _deleted(self, path: str) -> None:
         self.settler.discard(path)
@@ -326,31 +377,13 @@ class Pipeline:
 
     # -- a settled file ----------------------------------------------------------------
 
-    def _moved_unseen(self, path: str, stat: FileStat, match: FileMatch) -> bool:
-        """A reported file renamed where inotify could not pair the rename (into a folder
-        whose watch did not exist yet): same inode, size and mtime under a path that is
-        gone, same rule and asset. Carry its version over, as for a paired rename."""
-        for other, version in self.store.known_by_inode(stat.inode):
-            if (version.stat.size, version.stat.mtime_ns) != (stat.size, stat.mtime_ns):
-                continue
-            if os.path.lexists(other):
-                continue
-            previous = owner(self.rules, other)
-            if previous is None or (
-                previous.rule_name,
-                previous.asset_key,
-                previous.partition,
-            ) != (match.rule_name, match.asset_key, match.partition):
-                continue
-            if self.store.move_version(other, path):
-                self.counts.moved += 1
-                log.debug("moved %s -> %s (by inode)", display_path(other), display_path(path))
-                return True
-        return False
-
     def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
         """Record a new version of a quiet file, unless it is none."""
         path = settled.path
+        if not self._follow(rule) and through_link(rule.root, path):
+            # A folder on the way was swapped for a symbolic link after it was listed.
+            log.info("skipped %s: a folder on its path is a symbolic link", display_path(path))
+            return
         known = self.store.known(path)
         changed: bool | None = True
         if settled.origin is Origin.WRITTEN:
@@ -360,7 +393,9 @@ class Pipeline:
             changed = is_changed(settled.stat, known)
             if changed is False:
                 return
-        if known is None and self._moved_unseen(path, settled.stat, match):
+        # A rename inotify could not pair (into a folder whose watch did not exist yet).
+        if known is None and carry_over_rename(self.store, self.rules, match, settled.stat):
+            self.counts.moved += 1
             return
         marker = rule.marker_for(match)
         if marker is not None and not os.path.lexists(marker):
@@ -401,6 +436,15 @@ class Pipeline:
             print_.stat.size,
         )
         self.on_queued()
+
+
+def _describe(item: Item) -> str:
+    if isinstance(item, Change):
+        what = f"{item.kind.value} {display_path(item.path)}"
+        return what + (f" -> {display_path(item.dest)}" if item.dest else "")
+    if isinstance(item, Found):
+        return display_path(item.path)
+    return repr(item)
 
 
 def _undecodable(path: str) -> bool:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import shutil
 import struct
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -171,3 +174,76 @@ def test_limit_advice_names_the_sysctl() -> None:
     assert "fs.inotify.max_user_watches" in observe.limit_advice(errno.ENOSPC)
     assert "fs.inotify.max_user_instances" in observe.limit_advice(errno.EMFILE)
     assert WatchError("/x", errno.ENOSPC, "full").is_limit
+
+
+def _swap_folders_for_links(drop: Path, target: str, count: int) -> None:
+    """What an SFTP user can do: create a folder and replace it by a link at once, so the
+    link is in place when the watch on the new folder is added. In another process, so
+    the swaps do not wait for our observer thread to release the GIL."""
+    script = (
+        "import os, sys\n"
+        "for i in range(int(sys.argv[3])):\n"
+        "    path = os.path.join(sys.argv[1], f'd{i}')\n"
+        "    os.mkdir(path); os.rmdir(path); os.symlink(sys.argv[2], path)\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(drop), target, str(count)], check=True)
+
+
+@linux_only
+@pytest.mark.parametrize("kind", ["inotify", "polling"])
+def test_folder_swapped_for_a_link_is_never_followed(
+    watched: Callable[..., tuple[Watch, Changes]], tmp_path: Path, kind: observe.ObserverKind
+) -> None:
+    """Followed, the link would put a watch on the outside folder for good."""
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "old.csv").write_text("secret")
+    watch, changes = watched(kind)
+    drop = tmp_path / "drop"
+    _swap_folders_for_links(drop, "../outside", 300)
+    if kind == "inotify":  # every watch on the new folders is added (or refused) by now
+        changes.wait(ChangeKind.FOLDER_CREATED, drop / "d299")
+    (outside / "new.csv").write_text("written outside later")
+    (outside / "sub" / "new.csv").write_text("written outside later")
+    (drop / "after.csv").write_text("inside")
+    changes.wait(
+        ChangeKind.MODIFIED if kind == "polling" else ChangeKind.WRITTEN, drop / "after.csv"
+    )
+    # No watch may stay on the outside folder: nothing written there later is seen. (While
+    # the swaps race watchdog's walk of a new folder, it may name a file through a link
+    # once; the pipeline refuses to read such paths, which the agent tests cover.)
+    with changes.lock:
+        through = [
+            c
+            for c in changes.items
+            if re.match(r"/d\d+/", c.path[len(str(drop)) :]) and c.path.endswith("new.csv")
+        ]
+    assert through == []
+    assert watch.is_alive()
+
+
+def test_through_link_tells_paths_that_pass_a_link(tmp_path: Path) -> None:
+    (tmp_path / "real" / "deeper").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    root = str(tmp_path)
+    assert not observe.through_link(root, f"{root}/real/deeper/file")
+    assert not observe.through_link(root, f"{root}/link")  # the last step is the caller's
+    assert observe.through_link(root, f"{root}/link/deeper/file")
+    assert observe.through_link(os.fsencode(root), os.fsencode(f"{root}/link/file"))
+    assert observe.through_link(root, f"{root}/missing/file")
+
+
+def test_filesystem_type_reads_mount_points_as_bytes(tmp_path: Path) -> None:
+    """The kernel escapes only space, tab, newline and backslash; any other byte of a mount
+    point (UTF-8 or not) is written as it is, and must neither crash nor be misread."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_bytes(
+        b"22 1 0:21 / / rw - ext4 /dev/vda rw\n"
+        b"30 22 0:40 / /aw-mnt/donn\xc3\xa9es rw - nfs4 host:/export rw\n"
+        b"31 22 0:41 / /aw-mnt/caf\xe9 rw - cifs //h/s rw\n"
+        b"32 22 0:42 / /aw-mnt/with\\040space\\134back rw - 9p share rw\n"
+    )
+    assert observe.filesystem_type("/aw-mnt/données/acme", str(mountinfo)) == "nfs4"
+    assert observe.filesystem_type(os.fsdecode(b"/aw-mnt/caf\xe9/in"), str(mountinfo)) == "cifs"
+    assert observe.filesystem_type("/aw-mnt/with space\\back/x", str(mountinfo)) == "9p"
+    assert observe.filesystem_type("/aw-mnt/cafe", str(mountinfo)) == "ext4"

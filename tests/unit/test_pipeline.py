@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from asset_watcher.config import Config
+from asset_watcher.errors import StateError
 from asset_watcher.observe import Change, ChangeKind
-from asset_watcher.outbox import StateStore
+from asset_watcher.outbox import DB_NAME, StateStore
 from asset_watcher.pipeline import Found, Pipeline
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import file_stat
@@ -155,3 +158,61 @@ def test_unreadable_or_vanished_file_is_skipped_and_the_pipeline_goes_on(
     pipeline.settle_due()
     assert pipeline.counts.reported == 1
     assert store.known(str(ok)) is not None
+
+
+def created(path: Path, at: float) -> Change:
+    return Change(ChangeKind.CREATED, str(path), root=str(path.parent), at=at)
+
+
+def test_a_hard_link_into_place_is_an_arrival_but_a_new_file_waits_for_its_close(
+    drop: Path, store: StateStore
+) -> None:
+    """OpenSSH's sftp-server renames with link() + unlink(): no close event follows."""
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    part = drop / ".upload.filepart"
+    part.write_bytes(b"data\n")
+    # The client's rename request comes a round trip after the close (and after a clock
+    # tick: within one tick link() leaves ctime == mtime, see the module's note).
+    threading.Event().wait(0.02)
+    os.link(part, drop / "linked.csv")
+    part.unlink()
+    still_linked = drop / "second.csv"
+    still_linked.write_bytes(b"two names\n")
+    os.link(still_linked, drop / ".second.csv.part")  # caught between link and unlink
+    writing = drop / "writing.csv"
+    with open(writing, "wb") as handle:  # open, one chunk written, not closed yet
+        handle.write(b"first chunk\n")
+        handle.flush()
+        pipeline.handle(created(drop / "linked.csv", clock.now))
+        pipeline.handle(created(writing, clock.now))
+        pipeline.handle(created(still_linked, clock.now))
+        clock.now += 5
+        pipeline.settle_due()
+    assert store.known(str(drop / "linked.csv")) is not None
+    assert store.known(str(still_linked)) is not None
+    assert store.known(str(writing)) is None
+    assert pipeline.counts.reported == 2
+
+
+def test_a_state_that_cannot_be_written_stops_the_pipeline_instead_of_losing_the_change(
+    drop: Path, store: StateStore, tmp_path: Path
+) -> None:
+    """A full disk fails the same way as this held write lock: a StateError."""
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock, on_delete="observe")
+    gone = drop / "gone.csv"
+    gone.write_text("x")
+    pipeline.handle(written(gone, clock.now))
+    clock.now += 1
+    pipeline.settle_due()
+    gone.unlink()
+    store.db.execute("PRAGMA busy_timeout = 0")
+    other = sqlite3.connect(tmp_path / "state" / DB_NAME, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateError):
+            pipeline.handle(Change(ChangeKind.DELETED, str(gone), root=str(drop), at=clock.now))
+    finally:
+        other.close()
+    assert store.known(str(gone)) is not None  # nothing half done: the next start sees it

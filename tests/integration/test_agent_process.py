@@ -33,6 +33,7 @@ def config_text(sink: Sink, state: Path, *rules: str, **defaults: object) -> str
         "[dagster]",
         f'url = "{sink.url}"',
         "timeout_seconds = 5",
+        "max_in_flight = 1",  # barrier() relies on reports reaching the sink in order
         "[state]",
         f'directory = "{state}"',
         "[defaults]",
@@ -80,9 +81,9 @@ def test_sigterm_exits_0_and_loses_nothing(
     tmp_path: Path, sink: Sink, drop: Path, processes: list[AgentProcess]
 ) -> None:
     config = tmp_path / "config.toml"
-    # One request at a time to a slow Dagster: most reports are still queued at SIGTERM.
+    # One request at a time (config_text) to a slow Dagster: most reports are still queued.
     text = config_text(sink, tmp_path / "state", rule(drop))
-    config.write_text(text.replace("timeout_seconds = 5", "timeout_seconds = 5\nmax_in_flight = 1"))
+    config.write_text(text)
     files = [write(drop / f"file{i}.csv", f"{i}\n") for i in range(6)]
     sink.set_delay(0.5)
     agent = spawn(processes, config)

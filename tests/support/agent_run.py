@@ -45,7 +45,8 @@ def make_config(
 ) -> Config:
     settings = {"settle_seconds": 0.2, "rescan_interval_seconds": 0, **defaults}
     return Config(
-        dagster={"url": sink_url, "timeout_seconds": 5},
+        # One request at a time: barrier() relies on reports reaching the sink in outbox order.
+        dagster={"url": sink_url, "timeout_seconds": 5, "max_in_flight": 1},
         state={"directory": str(tmp_path / "state")},
         defaults=settings,
         watch=watch,

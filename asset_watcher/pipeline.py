@@ -28,7 +28,7 @@ from asset_watcher.model import FileMatch, FileStat, display_path
 from asset_watcher.observe import Change, ChangeKind, through_link
 from asset_watcher.outbox import StateStore
 from asset_watcher.reports import deleted_report, reports_for_version
-from asset_watcher.rules import Rule, owner
+from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.scan import (
     Candidate,
     carry_over_rename,
@@ -208,7 +208,7 @@ class Pipeline:
         rules, by_name = self._ruleset
         match = owner(rules, path)
         if match is None:
-            if _undecodable(path) and any(r.relative(path) for r in rules):
+            if not is_utf8(path) and any(r.relative(path) for r in rules):
                 log.info(
                     "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
                     display_path(path),
@@ -445,14 +445,6 @@ def _describe(item: Item) -> str:
     if isinstance(item, Found):
         return display_path(item.path)
     return repr(item)
-
-
-def _undecodable(path: str) -> bool:
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
 
 
 # -- the scanner --------------------------------------------------------------------------

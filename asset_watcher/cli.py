@@ -259,10 +259,17 @@ class _ReportPrinter:
 
 
 def _progress_printer() -> Callable[[int], None]:
+    """Called after each folder; redraws the line at most five times a second."""
     started = time.monotonic()
+    shown_at = 0.0
 
     def show(files_seen: int) -> None:
-        rate = files_seen / max(time.monotonic() - started, 1e-6)
+        nonlocal shown_at
+        now = time.monotonic()
+        if now - shown_at < 0.2:
+            return
+        shown_at = now
+        rate = files_seen / max(now - started, 1e-6)
         print(f"\rscanned {files_seen} files ({rate:.0f}/s)", end="", file=sys.stderr, flush=True)
 
     return show

@@ -15,10 +15,12 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import requests
+import urllib3
 
 from asset_watcher import metrics
 from asset_watcher.config import DagsterSettings, SecretStr
@@ -80,12 +82,16 @@ class Reporter:
         self._secret = token.get_secret_value() if token is not None else ""
         if self._secret:
             self.session.headers[TOKEN_HEADER] = self._secret
+        self._headers = {name: str(value) for name, value in self.session.headers.items()}
+        self._direct = None if self.session.proxies else _direct_pool(settings, self.session.verify)
 
     def url(self, kind: EventKind) -> str:
         return endpoint_url(self.settings.url, kind)
 
     def post(self, kind: EventKind, body: str) -> Answer:
         """Send one stored body; never raises for network trouble."""
+        if self._direct is not None:
+            return self._post_direct(kind, body)
         try:
             response = self.session.post(
                 self.url(kind),
@@ -98,15 +104,40 @@ class Reporter:
         except requests.RequestException as exc:
             reason = self.scrub(_reason(exc))
             return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
-        verdict = classify(response.status_code)
+        return self._answer(response.status_code, response.content, response.headers)
+
+    def _post_direct(self, kind: EventKind, body: str) -> Answer:
+        """The same request through urllib3's pool (the transport under requests), without
+        requests' per-request preparation: about 300 us of CPU per report in a burst."""
+        assert self._direct is not None
+        seconds = self.settings.timeout_seconds
+        try:
+            response = self._direct.request(
+                "POST",
+                self.url(kind),
+                body=body.encode("utf-8"),
+                headers=self._headers,
+                redirect=False,
+                retries=False,
+                timeout=urllib3.Timeout(connect=seconds, read=seconds),
+            )
+        except urllib3.exceptions.NewConnectionError as exc:  # a ConnectTimeoutError subclass
+            reason = self.scrub(_reason(exc))
+            return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
+        except urllib3.exceptions.TimeoutError:
+            return Answer(Verdict.RETRY, None, f"no answer within {seconds}s")
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            reason = self.scrub(_reason(exc))
+            return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
+        return self._answer(response.status, response.data, response.headers)
+
+    def _answer(self, status: int, content: bytes, headers: Mapping[str, str]) -> Answer:
+        verdict = classify(status)
         # Dagster's error text is stored, shown by `status` and printed by `scan`: mask the
         # token in it too, should a proxy or server ever echo the request headers.
-        detail = "" if verdict is Verdict.DELIVERED else self.scrub(_error_text(response))
+        detail = "" if verdict is Verdict.DELIVERED else self.scrub(_error_text(status, content))
         return Answer(
-            verdict,
-            response.status_code,
-            detail,
-            retry_after_seconds(response.headers.get("Retry-After"), time.time()),
+            verdict, status, detail, retry_after_seconds(headers.get("Retry-After"), time.time())
         )
 
     def scrub(self, text: str) -> str:
@@ -119,9 +150,24 @@ class Reporter:
 
     def close(self) -> None:
         self.session.close()
+        if self._direct is not None:
+            self._direct.clear()
 
 
-def _reason(exc: requests.RequestException) -> str:
+def _direct_pool(settings: DagsterSettings, verify: bool | str) -> urllib3.PoolManager:
+    """A connection pool with the TLS checks requests would make: certifi's bundle, or the
+    configured CA bundle (file or folder), or none when verify_tls = false."""
+    options: dict[str, Any] = {"maxsize": settings.max_in_flight, "block": False}
+    if verify is False:
+        options["cert_reqs"] = "CERT_NONE"
+    else:
+        bundle = verify if isinstance(verify, str) else requests.utils.DEFAULT_CA_BUNDLE_PATH
+        options["cert_reqs"] = "CERT_REQUIRED"
+        options["ca_cert_dir" if os.path.isdir(bundle) else "ca_certs"] = bundle
+    return urllib3.PoolManager(num_pools=2, **options)
+
+
+def _reason(exc: BaseException) -> str:
     """The innermost cause, without the request's URL and headers."""
     cause: BaseException = exc
     while cause.__context__ is not None and cause.__context__ is not cause:
@@ -129,13 +175,13 @@ def _reason(exc: requests.RequestException) -> str:
     return type(cause).__name__ + (f": {cause}" if str(cause) else "")
 
 
-def _error_text(response: requests.Response) -> str:
+def _error_text(status: int, content: bytes) -> str:
     try:
-        error = response.json().get("error")
+        error = json.loads(content).get("error")
     except (ValueError, AttributeError):
         error = None
-    text = str(error) if error else response.text.strip()
-    return f"HTTP {response.status_code}: {text[:ERROR_TEXT_MAX]}"
+    text = str(error) if error else content.decode("utf-8", "replace").strip()
+    return f"HTTP {status}: {text[:ERROR_TEXT_MAX]}"
 
 
 def describe(item: OutboxItem) -> str:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import CliRun
 from tests.support.sink import Sink
 
@@ -116,3 +118,25 @@ def test_explain_says_links_are_not_followed(
     scanned = cli("-c", str(config), "scan")
     assert scanned.returncode == 0, scanned.stderr
     assert all("secret" not in str(r.json) for r in sink.requests)
+
+
+def test_an_http_proxy_from_the_environment_is_used(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from asset_watcher.config import DagsterSettings
+    from asset_watcher.model import EventKind
+    from asset_watcher.reporter import Reporter
+    from asset_watcher.retry import Verdict
+
+    monkeypatch.setenv("HTTP_PROXY", sink.url)  # the sink plays the proxy
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    reporter = Reporter(DagsterSettings(url="http://dagster.example:3000/prefix"))
+    try:
+        answer = reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
+    finally:
+        reporter.close()
+    assert answer.verdict is Verdict.DELIVERED
+    (request,) = sink.requests
+    assert request.target == "http://dagster.example:3000/prefix/report_asset_observation/"
+    assert request.header("content-type") == "application/json"

@@ -157,6 +157,7 @@ class StateStore:
         self.directory = directory
         self.read_only = read_only
         self.lock = threading.RLock()
+        self._batch_depth = 0
         self._lock_fd: int | None = None
         if directory is None:
             self.db = self._open_db(":memory:")
@@ -237,6 +238,9 @@ class StateStore:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT; a full disk becomes a StateError, never silence."""
         with self.lock, self._errors_as_state_errors():
+            if self._batch_depth:
+                yield from self._savepoint()
+                return
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 yield self.db
@@ -245,6 +249,34 @@ class StateStore:
                     self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
+
+    def _savepoint(self) -> Iterator[sqlite3.Connection]:
+        """A transaction inside a batch: atomic on its own, committed with the batch."""
+        self._batch_depth += 1
+        name = f"change_{self._batch_depth}"
+        try:
+            self.db.execute(f"SAVEPOINT {name}")
+            try:
+                yield self.db
+            except BaseException:
+                if self.db.in_transaction:  # SQLite may have rolled back the whole batch
+                    self.db.execute(f"ROLLBACK TO {name}")
+                    self.db.execute(f"RELEASE {name}")
+                raise
+            self.db.execute(f"RELEASE {name}")
+        finally:
+            self._batch_depth -= 1
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Many changes, one commit: each `transaction()` inside becomes a savepoint. The
+        store stays locked for the batch, so keep it short."""
+        with self.transaction():
+            self._batch_depth += 1
+            try:
+                yield
+            finally:
+                self._batch_depth -= 1
 
     @contextlib.contextmanager
     def _errors_as_state_errors(self) -> Iterator[None]:

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 # Events handled before the pipeline looks at due files again, and due files settled
 # before it looks at events again: neither starves the other during a burst.
 BATCH = 500
+# Files recorded per commit: fewer commits in a burst, and the store (which the deliverer
+# shares) is never held for long.
+COMMIT_BATCH = 100
 # A scan pauses while this many files wait in the pipeline (bounded memory on a
 # first start over a full drop folder).
 SCAN_BACKLOG_LIMIT = 5000
@@ -180,22 +183,29 @@ class Pipeline:
             log.exception("could not handle %r", item)
 
     def settle_due(self) -> None:
-        """Look again at files whose quiet time is over; record those still unchanged."""
-        for path in self.settler.due(limit=BATCH):
-            try:
-                found = self._owner(path)
-                stat = file_stat(path, self._follow(found[0])) if found else None
-                settled = self.settler.confirm(path, stat)
-                if settled is not None and found is not None:
-                    self._complete(settled, *found)
-                elif found is None:
-                    self.settler.discard(path)
-            except StateError as exc:  # as in `handle`: stop rather than lose it
-                log.error("could not record %s: %s", display_path(path), exc)
-                raise
-            except Exception:
+        """Look again at files whose quiet time is over; record those still unchanged, all
+        in one commit (a burst of small files costs one commit per batch, not per file)."""
+        due = self.settler.due(limit=BATCH)
+        for start in range(0, len(due), COMMIT_BATCH):
+            with self.store.batch():
+                for path in due[start : start + COMMIT_BATCH]:
+                    self._settle(path)
+
+    def _settle(self, path: str) -> None:
+        try:
+            found = self._owner(path)
+            stat = file_stat(path, self._follow(found[0])) if found else None
+            settled = self.settler.confirm(path, stat)
+            if settled is not None and found is not None:
+                self._complete(settled, *found)
+            elif found is None:
                 self.settler.discard(path)
-                log.exception("could not settle %s", display_path(path))
+        except StateError as exc:  # as in `handle`: stop rather than lose it
+            log.error("could not record %s: %s", display_path(path), exc)
+            raise
+        except Exception:
+            self.settler.discard(path)
+            log.exception("could not settle %s", display_path(path))
 
     # -- ownership ---------------------------------------------------------------------
 

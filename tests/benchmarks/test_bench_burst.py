@@ -13,7 +13,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,13 +36,29 @@ done
 """
 
 
+WRITER = r"""
+import sys, time
+folder, count = sys.argv[1], int(sys.argv[2])
+payload = b"id,value\n" + b"1,2\n" * 20
+first = time.time()
+for i in range(count):
+    with open(f"{folder}/f{i:05d}.csv", "wb") as handle:
+        handle.write(payload)
+print(first, time.time())
+"""
+
+
 def write_burst(folder: Path, count: int) -> tuple[float, float]:
-    payload = b"id,value\n" + b"1,2\n" * 20
-    first = time.time()
-    for i in range(count):
-        with open(folder / f"f{i:05d}.csv", "wb") as handle:
-            handle.write(payload)
-    return first, time.time()
+    """Write the files from a process of their own, as an SFTP server would: in this one,
+    the writer would share the interpreter lock with the sink's threads."""
+    done = subprocess.run(
+        [sys.executable, "-c", WRITER, str(folder), str(count)],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    first, last = (float(value) for value in done.stdout.split())
+    return first, last
 
 
 def agent_burst(tmp_path: Path) -> dict[str, float]:

@@ -25,6 +25,7 @@ from asset_watcher.model import EventKind, Report
 from asset_watcher.outbox import StateStore
 from asset_watcher.reporter import Deliverer, Reporter
 from asset_watcher.reports import event_report
+from tests.support.agent_run import poll_until
 from tests.support.sink import RecordedRequest, Sink
 
 MAT = "/report_asset_materialization/"
@@ -56,11 +57,7 @@ def key_and_seq(req: RecordedRequest) -> tuple[str, int]:
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not true within {timeout}s: {what}")
-        time.sleep(0.02)  # polling a condition with a deadline, not synchronisation
+    poll_until(condition, timeout, what=what)
 
 
 @pytest.fixture

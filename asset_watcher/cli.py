@@ -195,8 +195,9 @@ def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
     pending or this run dead-lettered some (older dead letters alone do not fail a run:
     `status` shows them)."""
     delivered, last_error = 0, None
-    dead_before = store.counts().dead
-    if store.counts().pending:  # an idle rescan never loads the HTTP stack
+    before = store.counts()
+    dead_before = before.dead
+    if before.pending:  # an idle rescan never loads the HTTP stack
         from asset_watcher.reporter import Deliverer, Reporter
 
         reporter = Reporter(config.dagster, config.token)

@@ -26,7 +26,7 @@ from asset_watcher.errors import StateError
 from asset_watcher.fingerprint import stat_of
 from asset_watcher.model import FileMatch, FileStat, display_path
 from asset_watcher.observe import Change, ChangeKind, through_link
-from asset_watcher.outbox import StateStore
+from asset_watcher.outbox import KnownVersion, StateStore
 from asset_watcher.reports import deleted_report, reports_for_version
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.scan import (
@@ -47,6 +47,9 @@ BATCH = 500
 # Files recorded per commit: fewer commits in a burst, and the store (which the deliverer
 # shares) is never held for long.
 COMMIT_BATCH = 100
+# How long a deleted file's version is kept in memory, in case it was a rename inotify
+# could not pair (into a folder whose watch did not exist yet).
+GONE_SECONDS = 60.0
 # A scan pauses while this many files wait in the pipeline (bounded memory on a
 # first start over a full drop folder).
 SCAN_BACKLOG_LIMIT = 5000
@@ -107,6 +110,8 @@ class Pipeline:
         # marker path -> {data path: its settled version}, for files waiting on a marker
         self._parked: dict[str, dict[str, Settled]] = {}
         self._parked_marker: dict[str, str] = {}  # data path -> marker path
+        # inode -> (when, version, (rule, key, partition)) of files reported gone lately
+        self._gone: dict[int, tuple[float, KnownVersion, tuple[object, ...]]] = {}
         self.set_rules(rules)
 
     # -- called from other threads ---------------------------------------------------
@@ -353,10 +358,38 @@ class Pipeline:
         if rule is not None and match is not None and rule.settings.on_delete == "observe":
             reports = [deleted_report(match, host=rule.host)]
         self.store.forget(path, reports)
+        if match is not None:
+            self._remember_gone(path, known, match)
         self.counts.deleted += 1
         log.info("deleted %s%s", display_path(path), " (observed)" if reports else "")
         if reports:
             self.on_queued()
+
+    def _remember_gone(self, path: str, known: KnownVersion, match: FileMatch) -> None:
+        """inotify reports a rename into a folder not watched yet as a deletion: remember
+        the version for a while, so the file found under its new name is no new version."""
+        now = self.settler.clock()
+        self._gone = {
+            inode: entry for inode, entry in self._gone.items() if now - entry[0] < GONE_SECONDS
+        }
+        self._gone[known.stat.inode] = (now, known, (match.rule_name, match.asset_key,
+                                                     match.partition))  # fmt: skip
+
+    def _moved_out_and_in(self, match: FileMatch, stat: FileStat) -> bool:
+        entry = self._gone.get(stat.inode)
+        if entry is None or self.settler.clock() - entry[0] >= GONE_SECONDS:
+            return False
+        _, known, asset = entry
+        if (known.stat.size, known.stat.mtime_ns) != (stat.size, stat.mtime_ns) or asset != (
+            match.rule_name,
+            match.asset_key,
+            match.partition,
+        ):
+            return False
+        del self._gone[stat.inode]
+        self.store.record_version(match.path, match.rule_name, stat, known.digest, [])
+        log.debug("%s came back under a new name: not a new version", display_path(match.path))
+        return True
 
     # -- ready markers -----------------------------------------------------------------
 
@@ -397,14 +430,21 @@ class Pipeline:
         known = self.store.known(path)
         changed: bool | None = True
         if settled.origin is Origin.WRITTEN:
-            if known is not None and known.stat == settled.stat:
-                return  # opened for writing and closed without a change
+            if known is not None and known.stat.same_version(settled.stat):
+                if known.stat == settled.stat:
+                    return  # opened for writing and closed without a change
+                # Only the ctime moved (a rename or chmod taken for an arrival): as in a
+                # scan, the content decides.
+                changed = None
         else:
             changed = is_changed(settled.stat, known)
             if changed is False:
                 return
         # A rename inotify could not pair (into a folder whose watch did not exist yet).
-        if known is None and carry_over_rename(self.store, self.rules, match, settled.stat):
+        if known is None and (
+            carry_over_rename(self.store, self.rules, match, settled.stat)
+            or self._moved_out_and_in(match, settled.stat)
+        ):
             self.counts.moved += 1
             return
         marker = rule.marker_for(match)

@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +20,13 @@ from typing import Any
 
 import pytest
 
-from asset_watcher.config import DagsterSettings
+from asset_watcher.config import DagsterSettings, SecretStr
 from asset_watcher.errors import StateError
 from asset_watcher.model import EventKind, Report
 from asset_watcher.outbox import StateStore
 from asset_watcher.reporter import Deliverer, Reporter
 from asset_watcher.reports import event_report
+from asset_watcher.retry import Verdict
 from tests.support.agent_run import poll_until
 from tests.support.sink import RecordedRequest, Sink
 
@@ -385,3 +387,33 @@ def test_full_state_database_raises_and_loses_nothing(sink: Sink, tmp_path: Path
     with StateStore(directory) as reopened:
         counts = reopened.counts()
         assert (counts.pending, counts.dead) == (1, 0)
+
+
+# --------------------------------------------------------------------------- transport
+
+
+def test_a_server_that_is_not_http_is_retried_with_the_token_masked() -> None:
+    """Something else listens at dagster.url and echoes what it got: the answer is a
+    retry with a readable reason, and the token it echoed is masked."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def echo_once() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            request = conn.recv(65536)
+            token_line = next(line for line in request.split(b"\r\n") if b"Token" in line)
+            conn.sendall(b"ECHO " + token_line + b"\r\n")
+
+    thread = threading.Thread(target=echo_once)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        reporter = Reporter(settings(url), SecretStr("s3cret-token"))
+        answer = reporter.post(EventKind.MATERIALIZATION, "{}")
+        reporter.close()
+    finally:
+        thread.join(10)
+        listener.close()
+    assert answer.verdict is Verdict.RETRY and answer.status is None
+    assert answer.detail.startswith(f"unreadable answer from {url}: not an HTTP/1.x status")
+    assert "s3cret-token" not in answer.detail and "**********" in answer.detail

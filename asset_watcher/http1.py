@@ -1,0 +1,263 @@
+"""A small HTTP/1.1 client for the one request the agent makes most: a POST of a stored
+JSON body to an `http://` Dagster, with no proxy in between.
+
+Why not requests or urllib3 here: each report cost them 330 us of CPU (http.client alone
+170 us, mostly header parsing through the email package); this costs about 50 us. In a
+burst of small files that is most of the agent's work. Everything else (https, proxies)
+goes through requests, which the reporter keeps.
+
+Each thread holds its own keep-alive connection. What it understands of the answer is
+what a POST needs: the status line, headers, and a body framed by Content-Length, chunked
+transfer coding or the end of the connection.
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlsplit
+
+# Bounds on what a misbehaving server can make us read.
+MAX_LINE_BYTES = 65_536
+MAX_HEADERS = 100
+MAX_BODY_BYTES = 1 << 20
+
+
+class ProtocolError(OSError):
+    """The server's answer is not HTTP/1.x as we can read it."""
+
+
+class ClosedEarly(ConnectionError):
+    """The server closed the connection before its answer was complete."""
+
+
+class NotAnswered(ClosedEarly):
+    """The connection broke before the first byte of an answer."""
+
+
+class _Reader(Protocol):  # what read_response needs of io.BufferedReader
+    def readline(self, size: int = -1, /) -> bytes: ...
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: Mapping[str, str]  # lower-cased names; repeated headers joined with ", "
+    body: bytes
+
+
+class _Connection:
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.reader = self.sock.makefile("rb")
+        self.used = False
+        self.closed = False
+
+    def looks_closed(self) -> bool:
+        """An idle keep-alive connection that is readable was closed by the server (or
+        sent something unasked): either way it cannot carry the next request."""
+        poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
+
+    def close(self) -> None:
+        self.closed = True
+        self.reader.close()
+        self.sock.close()
+
+
+class PlainHttpClient:
+    """POSTs to one `http://host:port` with fixed headers, one connection per thread."""
+
+    def __init__(self, url: str, headers: Mapping[str, str], timeout: float) -> None:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError("PlainHttpClient speaks http:// only")
+        self.host = parts.hostname
+        self.port = parts.port or 80
+        self.timeout = timeout
+        self.base_path = parts.path.rstrip("/")
+        netloc = parts.netloc.rpartition("@")[2]  # never send user:password as Host
+        lines = [f"Host: {netloc}"] + [f"{name}: {value}" for name, value in headers.items()]
+        self._header_block = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: set[_Connection] = set()
+
+    def post(self, path: str, body: bytes) -> Response:
+        """POST `body` to base path + `path`. Raises OSError (TimeoutError, connection
+        errors, ProtocolError) when no complete answer came."""
+        request = (
+            f"POST {self.base_path}/{path.lstrip('/')} HTTP/1.1\r\n".encode("latin-1")
+            + self._header_block
+            + f"Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
+            + body
+        )
+        connection = self._connection()
+        reused = connection.used
+        try:
+            return self._exchange(connection, request)
+        except NotAnswered:
+            if not reused:
+                raise
+            # The server closed a connection it had kept alive just as we reused it (its
+            # idle timeout): send once more on a new one. At worst Dagster read the first
+            # copy; reports are delivered at least once.
+            return self._exchange(self._connection(), request)
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._open = self._open, set()
+        for connection in connections:
+            connection.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is not None and (connection.closed or connection.looks_closed()):
+            self._discard(connection)
+            connection = None
+        if connection is None:
+            connection = _Connection(self.host, self.port, self.timeout)
+            with self._lock:
+                self._open.add(connection)
+            self._local.connection = connection
+        return connection
+
+    def _discard(self, connection: _Connection) -> None:
+        with self._lock:
+            self._open.discard(connection)
+        if getattr(self._local, "connection", None) is connection:
+            self._local.connection = None
+        connection.close()
+
+    def _exchange(self, connection: _Connection, request: bytes) -> Response:
+        connection.used = True
+        try:
+            try:
+                connection.sock.sendall(request)
+                status_line = _line(connection.reader)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise NotAnswered(str(exc)) from exc
+            if not status_line:
+                raise NotAnswered("the server closed the connection without answering")
+            response, keep = read_response(connection.reader, status_line)
+        except BaseException:
+            self._discard(connection)
+            raise
+        if not keep:
+            self._discard(connection)
+        return response
+
+
+def read_response(reader: _Reader, status_line: bytes) -> tuple[Response, bool]:
+    """The response that begins with `status_line`, read on from `reader`, and whether
+    the connection can carry another request. Interim 1xx answers are skipped."""
+    line = status_line
+    while True:
+        version, status = _status_line(line)
+        headers = _headers(reader)
+        if not 100 <= status < 200:
+            break
+        line = _line(reader)
+        if not line:
+            raise ClosedEarly("the connection closed after an interim answer")
+    keep = _keeps_alive(version, headers)
+    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    length_text = headers.get("content-length")
+    if status in (204, 304):
+        body = b""
+    elif chunked:
+        body = _chunked_body(reader)
+    elif length_text is not None:
+        body = _sized_body(reader, _content_length(length_text))
+    else:
+        body = _bounded_read(reader, MAX_BODY_BYTES)  # ends with the connection
+        keep = False
+    return Response(status, headers, body), keep
+
+
+def _line(reader: _Reader) -> bytes:
+    line = reader.readline(MAX_LINE_BYTES + 1)
+    if len(line) > MAX_LINE_BYTES:
+        raise ProtocolError("a line of the answer is too long")
+    return line
+
+
+def _status_line(line: bytes) -> tuple[str, int]:
+    version, _, rest = line.decode("latin-1").partition(" ")
+    code = rest[:3]
+    if not version.startswith("HTTP/1.") or not code.isdigit() or rest[3:4] not in ("", " ", "\r"):
+        raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
+    return version, int(code)
+
+
+def _headers(reader: _Reader) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS + 1):
+        line = _line(reader)
+        if line in (b"\r\n", b"\n"):
+            return headers
+        if not line:
+            raise ClosedEarly("the connection closed inside the headers")
+        name, colon, value = line.decode("latin-1").partition(":")
+        if not colon or not name or name != name.strip():
+            raise ProtocolError(f"malformed header line: {line[:80]!r}")
+        key, value = name.lower(), value.strip()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    raise ProtocolError(f"more than {MAX_HEADERS} header lines")
+
+
+def _keeps_alive(version: str, headers: Mapping[str, str]) -> bool:
+    tokens = {token.strip().lower() for token in headers.get("connection", "").split(",")}
+    if version == "HTTP/1.0":
+        return "keep-alive" in tokens
+    return "close" not in tokens
+
+
+def _content_length(text: str) -> int:
+    values = {value.strip() for value in text.split(",")}  # a repeated header must agree
+    if len(values) != 1 or not (value := values.pop()).isdigit():
+        raise ProtocolError(f"bad Content-Length: {text[:40]!r}")
+    return int(value)
+
+
+def _sized_body(reader: _Reader, length: int) -> bytes:
+    if length > MAX_BODY_BYTES:
+        raise ProtocolError(f"an answer of {length} bytes is more than we read")
+    body = reader.read(length)
+    if len(body) < length:
+        raise ClosedEarly("the connection closed inside the body")
+    return body
+
+
+def _chunked_body(reader: _Reader) -> bytes:
+    parts: list[bytes] = []
+    total = 0
+    while True:
+        size_text = _line(reader).split(b";", 1)[0].strip()
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise ProtocolError(f"bad chunk size: {size_text[:20]!r}") from None
+        if size == 0:
+            _headers(reader)  # trailers, up to the blank line
+            return b"".join(parts)
+        total += size
+        parts.append(_sized_body(reader, size if total <= MAX_BODY_BYTES else MAX_BODY_BYTES + 1))
+        if _line(reader) not in (b"\r\n", b"\n"):
+            raise ProtocolError("a chunk does not end where its size says")
+
+
+def _bounded_read(reader: _Reader, limit: int) -> bytes:
+    body = reader.read(limit + 1)
+    if len(body) > limit:
+        raise ProtocolError(f"an answer of more than {limit} bytes is more than we read")
+    return body

@@ -1,0 +1,268 @@
+"""The lean HTTP/1.1 client against a real loopback server that answers with scripted
+bytes: framing (Content-Length, chunked, end of connection), interim answers, keep-alive
+and its end, and the bounds on a misbehaving server."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from asset_watcher.http1 import NotAnswered, PlainHttpClient, ProtocolError
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+CLOSE = b""  # script step: close the connection without answering
+
+
+@dataclass
+class ScriptedServer:
+    """Answers the n-th request (counted over all connections) with `script[n]`; a
+    request past the script gets OK. Records each request's raw bytes and its
+    connection number."""
+
+    script: list[bytes]
+    requests: list[tuple[int, bytes]] = field(default_factory=list)
+    connections: int = 0
+    threads: list[threading.Thread] = field(default_factory=list)
+    sockets: list[socket.socket] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self._start(self._serve)
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            self.sockets.append(conn)
+            self._start(self._talk, conn, self.connections)
+
+    def _start(self, target: Callable[..., None], *args: object) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _talk(self, conn: socket.socket, number: int) -> None:
+        reader = conn.makefile("rb")
+        with conn, reader:
+            while True:
+                head = b""
+                while not head.endswith(b"\r\n\r\n"):
+                    line = reader.readline()
+                    if not line:
+                        return
+                    head += line
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                request = head + reader.read(length)
+                index = len(self.requests)
+                self.requests.append((number, request))
+                answer = self.script[index] if index < len(self.script) else OK
+                if answer == CLOSE:
+                    return
+                conn.sendall(answer)
+                closes = b"Connection: close" in answer or b"Content-Length" not in answer
+                if closes and b"chunked" not in answer:
+                    return
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self.threads:
+            thread.join(5)
+
+
+@pytest.fixture
+def server_factory() -> Iterator[type[ScriptedServer]]:
+    made: list[ScriptedServer] = []
+
+    class Made(ScriptedServer):
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            made.append(self)
+
+    yield Made
+    for server in made:
+        server.close()
+
+
+def client_for(server: ScriptedServer, path: str = "", timeout: float = 5.0) -> PlainHttpClient:
+    headers = {"Content-Type": "application/json", "Dagster-Cloud-Api-Token": "tok"}
+    return PlainHttpClient(server.url + path, headers, timeout)
+
+
+def test_request_bytes_carry_host_headers_length_and_the_path_prefix(server_factory) -> None:
+    server = server_factory([])
+    client = client_for(server, "/prefix/")
+    response = client.post("report_asset_materialization/", b'{"a":1}')
+    assert (response.status, response.body) == (200, b"{}")
+    _, raw = server.requests[0]
+    port = server.url.rsplit(":", 1)[1]
+    assert raw == (
+        b"POST /prefix/report_asset_materialization/ HTTP/1.1\r\n"
+        + f"Host: 127.0.0.1:{port}\r\n".encode()
+        + b"Content-Type: application/json\r\nDagster-Cloud-Api-Token: tok\r\n"
+        + b'Content-Length: 7\r\n\r\n{"a":1}'
+    )
+    client.close()
+
+
+def test_keep_alive_reuses_one_connection(server_factory) -> None:
+    server = server_factory([])
+    client = client_for(server)
+    for _ in range(5):
+        assert client.post("x/", b"{}").status == 200
+    assert server.connections == 1
+    client.close()
+
+
+def test_chunked_body_with_extension_and_trailer(server_factory) -> None:
+    chunked = (
+        b"HTTP/1.1 400 Bad Request\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'5;ext=1\r\n{"err\r\n9\r\nor": "x"}\r\n0\r\nX-Trailer: t\r\n\r\n'
+    )
+    server = server_factory([chunked])
+    client = client_for(server)
+    response = client.post("x/", b"{}")
+    assert (response.status, response.body) == (400, b'{"error": "x"}')
+    assert client.post("x/", b"{}").status == 200
+    assert server.connections == 1  # the chunked answer left the connection usable
+    client.close()
+
+
+def test_body_up_to_the_end_of_the_connection(server_factory) -> None:
+    server = server_factory([b"HTTP/1.0 503 Busy\r\nRetry-After: 7\r\n\r\nbusy, come back"])
+    client = client_for(server)
+    response = client.post("x/", b"{}")
+    assert (response.status, response.body) == (503, b"busy, come back")
+    assert response.headers["retry-after"] == "7"
+    assert client.post("x/", b"{}").status == 200
+    assert server.connections == 2
+    client.close()
+
+
+def test_connection_close_header_opens_a_new_connection(server_factory) -> None:
+    server = server_factory([b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"])
+    client = client_for(server)
+    assert client.post("x/", b"{}").status == 200
+    assert client.post("x/", b"{}").status == 200
+    assert server.connections == 2
+    client.close()
+
+
+def test_interim_100_continue_is_skipped(server_factory) -> None:
+    server = server_factory([b"HTTP/1.1 100 Continue\r\n\r\n" + OK])
+    client = client_for(server)
+    assert client.post("x/", b"{}").status == 200
+    client.close()
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_replaced(server_factory) -> None:
+    # The first request is answered, the second finds the connection closed without an
+    # answer (an idle timeout racing our reuse): it is sent again on a new connection.
+    server = server_factory([OK, CLOSE])
+    client = client_for(server)
+    assert client.post("x/", b"1").status == 200
+    assert client.post("x/", b"2").status == 200
+    assert [number for number, _ in server.requests] == [1, 1, 2]
+    assert server.requests[1][1].endswith(b"2") and server.requests[2][1].endswith(b"2")
+    client.close()
+
+
+def test_a_fresh_connection_closed_without_answer_is_an_error(server_factory) -> None:
+    server = server_factory([CLOSE])
+    client = client_for(server)
+    with pytest.raises(NotAnswered):
+        client.post("x/", b"{}")
+    assert len(server.requests) == 1  # not sent twice
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SMTP ready\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 3\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 99999999\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"Content-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n",
+    ],
+    ids=["not-http", "status", "header", "length", "huge", "chunk", "many", "long-line"],
+)
+def test_malformed_answers_are_protocol_errors(server_factory, answer: bytes) -> None:
+    server = server_factory([answer])
+    client = client_for(server)
+    with pytest.raises(ProtocolError):
+        client.post("x/", b"{}")
+    assert client.post("x/", b"{}").status == 200  # a new connection after the bad one
+    client.close()
+
+
+def test_an_answer_cut_short_is_a_connection_error(server_factory) -> None:
+    server = server_factory(
+        [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nConnection: close\r\n\r\nabc"]
+    )
+    client = client_for(server)
+    with pytest.raises(ConnectionError):
+        client.post("x/", b"{}")
+    client.close()
+
+
+def test_no_answer_within_the_timeout_raises_timeout_error() -> None:
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (backlog), never answers
+    try:
+        client = PlainHttpClient(f"http://127.0.0.1:{listener.getsockname()[1]}", {}, 0.3)
+        with pytest.raises(TimeoutError):
+            client.post("x/", b"{}")
+        client.close()
+    finally:
+        listener.close()
+
+
+def test_connection_refused_is_a_connection_error() -> None:
+    probe = socket.create_server(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(ConnectionRefusedError):
+        PlainHttpClient(f"http://127.0.0.1:{port}", {}, 2.0).post("x/", b"{}")
+
+
+def test_only_http_urls_are_accepted() -> None:
+    with pytest.raises(ValueError, match="http://"):
+        PlainHttpClient("https://dagster.example", {}, 1.0)
+
+
+def test_user_info_never_reaches_the_host_header(server_factory) -> None:
+    server = server_factory([])
+    client = PlainHttpClient(server.url.replace("//", "//user:pw@"), {}, 5.0)
+    client.post("x/", b"{}")
+    assert b"pw" not in server.requests[0][1]
+    client.close()
+
+
+def test_close_ends_every_thread_connection(server_factory) -> None:
+    server = server_factory([])
+    client = client_for(server)
+    client.post("x/", b"{}")
+    threads = [threading.Thread(target=client.post, args=("x/", b"{}")) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert server.connections == 3
+    client.close()
+    assert client.post("x/", b"{}").status == 200  # this thread's old one is not reused
+    assert server.connections == 4
+    client.close()

@@ -55,6 +55,9 @@ GONE_SECONDS = 60.0
 SCAN_BACKLOG_LIMIT = 5000
 # How long a wait may last before a thread looks at its stop event again.
 IDLE_WAIT_SECONDS = 0.5
+# Ownership decisions remembered (path -> rule and match): a new file's create, modify
+# and close events and its settling ask the same question four times.
+OWNER_CACHE_SIZE = 4096
 # Retry delay for a version that could not be recorded (state directory full).
 STATE_RETRY_SECONDS = 30.0
 
@@ -125,7 +128,8 @@ class Pipeline:
     def set_rules(self, rules: Sequence[Rule]) -> None:
         """Swap in reloaded rules (takes effect for the next item); one assignment, so
         the pipeline never sees half of a reload."""
-        self._ruleset = (tuple(rules), {rule.name: rule for rule in rules})
+        owners: dict[str, tuple[Rule, FileMatch] | None] = {}  # for these rules only
+        self._ruleset = (tuple(rules), {rule.name: rule for rule in rules}, owners)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -220,16 +224,20 @@ class Pipeline:
 
     def _owner(self, path: str) -> tuple[Rule, FileMatch] | None:
         """The owning rule and match; None for unowned files and ready markers."""
-        rules, by_name = self._ruleset
+        rules, by_name, owners = self._ruleset
+        if path in owners:
+            return owners[path]
         match = owner(rules, path)
-        if match is None:
-            if not is_utf8(path) and any(r.relative(path) for r in rules):
-                log.info(
-                    "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
-                    display_path(path),
-                )
-            return None
-        return by_name[match.rule_name], match
+        found = (by_name[match.rule_name], match) if match is not None else None
+        if match is None and not is_utf8(path) and any(r.relative(path) for r in rules):
+            log.info(
+                "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
+                display_path(path),
+            )
+        if len(owners) >= OWNER_CACHE_SIZE:
+            owners.clear()
+        owners[path] = found
+        return found
 
     # -- changes -----------------------------------------------------------------------
 
@@ -351,7 +359,7 @@ class Pipeline:
         known = self.store.known(path)
         if known is None:
             return
-        rules, by_name = self._ruleset
+        rules, by_name, _ = self._ruleset
         match = owner(rules, path)
         rule = by_name.get(match.rule_name) if match is not None else None
         reports = []

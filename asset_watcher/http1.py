@@ -16,6 +16,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,9 @@ from urllib.parse import urlsplit
 MAX_LINE_BYTES = 65_536
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 1 << 20
+# A connection idle this long is checked for a close by the server before it is reused
+# (one poll); a busier one is not, and a close that races the reuse is retried anyway.
+IDLE_CHECK_SECONDS = 1.0
 
 
 class ProtocolError(OSError):
@@ -58,13 +62,18 @@ class _Connection:
         self.reader = self.sock.makefile("rb")
         self.used = False
         self.closed = False
+        self.idle_since = time.monotonic()
 
-    def looks_closed(self) -> bool:
-        """An idle keep-alive connection that is readable was closed by the server (or
-        sent something unasked): either way it cannot carry the next request."""
+    def reusable(self) -> bool:
+        """False once closed. An idle keep-alive connection that is readable was closed by
+        the server (or sent something unasked): either way it cannot carry a request."""
+        if self.closed:
+            return False
+        if time.monotonic() - self.idle_since <= IDLE_CHECK_SECONDS:
+            return True
         poller = select.poll()  # not select(): descriptors may be above FD_SETSIZE
         poller.register(self.sock, select.POLLIN)
-        return bool(poller.poll(0))
+        return not poller.poll(0)
 
     def close(self) -> None:
         self.closed = True
@@ -121,7 +130,7 @@ class PlainHttpClient:
 
     def _connection(self) -> _Connection:
         connection: _Connection | None = getattr(self._local, "connection", None)
-        if connection is not None and (connection.closed or connection.looks_closed()):
+        if connection is not None and not connection.reusable():
             self._discard(connection)
             connection = None
         if connection is None:
@@ -154,6 +163,7 @@ class PlainHttpClient:
             raise
         if not keep:
             self._discard(connection)
+        connection.idle_since = time.monotonic()
         return response
 
 

@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from asset_watcher import http1
 from asset_watcher.http1 import NotAnswered, PlainHttpClient, ProtocolError
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 CLOSE = b""  # script step: close the connection without answering
+HANG_UP = b"!"  # prefix of a script step: answer, then half-close without saying so
 
 
 @dataclass
@@ -29,6 +31,7 @@ class ScriptedServer:
     connections: int = 0
     threads: list[threading.Thread] = field(default_factory=list)
     sockets: list[socket.socket] = field(default_factory=list)
+    hung_up: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.listener = socket.create_server(("127.0.0.1", 0))
@@ -52,6 +55,7 @@ class ScriptedServer:
 
     def _talk(self, conn: socket.socket, number: int) -> None:
         reader = conn.makefile("rb")
+        hung_up = False
         with conn, reader:
             while True:
                 head = b""
@@ -67,6 +71,14 @@ class ScriptedServer:
                 answer = self.script[index] if index < len(self.script) else OK
                 if answer == CLOSE:
                     return
+                if hung_up:
+                    return  # a request after our FIN: recorded, never answered
+                if answer.startswith(HANG_UP):
+                    conn.sendall(answer[1:])
+                    conn.shutdown(socket.SHUT_WR)  # FIN; still reads what comes
+                    hung_up = True
+                    self.hung_up.set()
+                    continue
                 conn.sendall(answer)
                 closes = b"Connection: close" in answer or b"Content-Length" not in answer
                 if closes and b"chunked" not in answer:
@@ -175,6 +187,21 @@ def test_a_kept_alive_connection_closed_by_the_server_is_replaced(server_factory
     assert client.post("x/", b"2").status == 200
     assert [number for number, _ in server.requests] == [1, 1, 2]
     assert server.requests[1][1].endswith(b"2") and server.requests[2][1].endswith(b"2")
+    client.close()
+
+
+def test_an_idle_connection_the_server_closed_is_not_used_again(
+    server_factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(http1, "IDLE_CHECK_SECONDS", 0.0)  # every reuse checks first
+    server = server_factory([HANG_UP + OK])
+    client = client_for(server)
+    assert client.post("x/", b"1").status == 200
+    assert server.hung_up.wait(10)
+    assert client.post("x/", b"2").status == 200
+    # Seen closed before sending: the second report went out once, on a new connection
+    # (sent on the old one, it would show up there too).
+    assert [number for number, _ in server.requests] == [1, 2]
     client.close()
 
 

@@ -214,6 +214,8 @@ class _Flight:
 
 
 _Result = tuple[_Flight, Answer]
+# What wakes the deciding thread: an answer, or None from `wake()` (new work, or stop).
+_Signal = _Result | None
 
 
 class Deliverer:
@@ -240,7 +242,10 @@ class Deliverer:
         self.finish_seconds = settings.timeout_seconds + 1.0
         self.idle_recheck_seconds = IDLE_RECHECK_SECONDS
         self.gate = Gate(cap_seconds=settings.backoff_max_seconds)
-        self._wakeup = threading.Event()
+        # Answers and wake-ups arrive on one queue: the deciding thread blocks on it alone.
+        self._signals: queue.SimpleQueue[_Signal] = queue.SimpleQueue()
+        self._wake_queued = False  # a None is on its way: wake() need not send another
+        self._early: list[_Result] = []  # answers taken off the queue by a wait
         self._new_work = True
         self._serving = threading.Lock()
         self._in_flight: dict[int, _Flight] = {}
@@ -259,7 +264,9 @@ class Deliverer:
     def wake(self) -> None:
         """New reports were queued (or stop was set): look at the outbox now."""
         self._new_work = True
-        self._wakeup.set()
+        if not self._wake_queued:
+            self._wake_queued = True
+            self._signals.put(None)
 
     def run(self, stop: threading.Event) -> None:
         """Deliver until `stop` is set; then give requests in flight up to the request
@@ -285,7 +292,10 @@ class Deliverer:
         self._ready.clear()
         self._new_work = True
         jobs: queue.SimpleQueue[_Flight | None] = queue.SimpleQueue()
-        results: queue.SimpleQueue[_Result] = queue.SimpleQueue()
+        # A fresh queue: answers a stuck sender of an earlier run brings back are not ours.
+        results = self._signals = queue.SimpleQueue()
+        self._wake_queued = False
+        self._early = []
         workers = [
             threading.Thread(
                 target=self._send_loop, args=(jobs, results), name=f"deliver-{n}", daemon=True
@@ -312,12 +322,11 @@ class Deliverer:
         stop: threading.Event | None,
         patience: float | None,
         jobs: queue.SimpleQueue[_Flight | None],
-        results: queue.SimpleQueue[_Result],
+        results: queue.SimpleQueue[_Signal],
     ) -> None:
         draining = patience is not None
         give_up_at = self.clock() + patience if patience is not None else math.inf
         while True:
-            self._wakeup.clear()
             if self._collect(results) and patience is not None:
                 give_up_at = self.clock() + patience
             if stop is not None and stop.is_set():
@@ -332,7 +341,18 @@ class Deliverer:
                 next_at = self._next_attempt_at(now)
                 if next_at is None or next_at > give_up_at:
                     return
-            self._wakeup.wait(self._wait_seconds(now, polling_stop=stop is not None))
+            self._wait(results, self._wait_seconds(now, polling_stop=stop is not None))
+
+    def _wait(self, results: queue.SimpleQueue[_Signal], seconds: float) -> None:
+        """Until an answer or a wake-up arrives, or `seconds` pass."""
+        try:
+            signal = results.get(timeout=seconds) if seconds > 0 else results.get_nowait()
+        except queue.Empty:
+            return
+        if signal is None:
+            self._wake_queued = False  # before `_new_work` is read: no wake-up is lost
+        else:
+            self._early.append(signal)
 
     def _dispatch(self, now: float, jobs: queue.SimpleQueue[_Flight | None]) -> None:
         room = self.gate.capacity(now, len(self._in_flight), self.max_in_flight)
@@ -385,7 +405,7 @@ class Deliverer:
     # -- senders -----------------------------------------------------------------------
 
     def _send_loop(
-        self, jobs: queue.SimpleQueue[_Flight | None], results: queue.SimpleQueue[_Result]
+        self, jobs: queue.SimpleQueue[_Flight | None], results: queue.SimpleQueue[_Signal]
     ) -> None:
         while (flight := jobs.get()) is not None:
             try:
@@ -395,17 +415,15 @@ class Deliverer:
                 log.error("%s, moved to the dead letters: %s", describe(flight.item), detail)
                 answer = Answer(Verdict.DEAD, None, detail)
             results.put((flight, answer))
-            self._wakeup.set()
 
-    def _let_in_flight_finish(self, results: queue.SimpleQueue[_Result]) -> None:
+    def _let_in_flight_finish(self, results: queue.SimpleQueue[_Signal]) -> None:
         deadline = time.monotonic() + self.finish_seconds
         while self._in_flight:
-            self._wakeup.clear()
             self._collect(results)
             remaining = deadline - time.monotonic()
             if not self._in_flight or remaining <= 0:
                 break
-            self._wakeup.wait(remaining)
+            self._wait(results, remaining)
         if self._in_flight:
             log.warning(
                 "%d report(s) still in flight after %.0fs; they stay in the outbox and are "
@@ -427,14 +445,18 @@ class Deliverer:
 
     # -- answers -----------------------------------------------------------------------
 
-    def _collect(self, results: queue.SimpleQueue[_Result]) -> bool:
+    def _collect(self, results: queue.SimpleQueue[_Signal]) -> bool:
         """Record every answer that came back; True if any was progress (not a failure)."""
-        answers = []
+        answers, self._early = self._early, []
         while True:
             try:
-                answers.append(results.get_nowait())
+                signal = results.get_nowait()
             except queue.Empty:
                 break
+            if signal is None:
+                self._wake_queued = False
+            else:
+                answers.append(signal)
         # One transaction acknowledges every delivered report of this round.
         self.store.ack_many(
             [flight.item.id for flight, answer in answers if answer.verdict is Verdict.DELIVERED]

@@ -104,6 +104,8 @@ class Pipeline:
     ) -> None:
         self.store = store
         self.on_queued = on_queued
+        self._in_batch = False
+        self._queued_in_batch = False
         self.control = control
         self.request_folder_scan = request_folder_scan
         self.wall_clock = wall_clock
@@ -196,9 +198,15 @@ class Pipeline:
         in one commit (a burst of small files costs one commit per batch, not per file)."""
         due = self.settler.due(limit=BATCH)
         for start in range(0, len(due), COMMIT_BATCH):
-            with self.store.batch():
-                for path in due[start : start + COMMIT_BATCH]:
-                    self._settle(path)
+            self._in_batch, self._queued_in_batch = True, False
+            try:
+                with self.store.batch():
+                    for path in due[start : start + COMMIT_BATCH]:
+                        self._settle(path)
+            finally:
+                self._in_batch = False
+            if self._queued_in_batch:
+                self.on_queued()  # once the batch is committed: the deliverer can read it
 
     def _settle(self, path: str) -> None:
         try:
@@ -493,7 +501,10 @@ class Pipeline:
             f" [{match.partition}]" if match.partition else "",
             print_.stat.size,
         )
-        self.on_queued()
+        if self._in_batch:
+            self._queued_in_batch = True
+        else:
+            self.on_queued()
 
 
 def _describe(item: Item) -> str:

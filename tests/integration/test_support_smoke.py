@@ -1,4 +1,5 @@
-"""Smoke tests for the test infrastructure: a real dagster-webserver and the fault sink.
+"""Smoke tests for the test infrastructure: a real dagster-webserver, the fault sink and
+the benchmarks' fast sink.
 
 They also pin down how Dagster (1.13.28) records what the External Assets REST API gets;
 the findings are asserted, not just written down:
@@ -26,7 +27,9 @@ from typing import Any
 import pytest
 import requests
 
+from asset_watcher.http1 import PlainHttpClient
 from tests.support.dagster_server import DagsterServer
+from tests.support.fast_sink import FastSink
 from tests.support.sink import RecordedRequest, Sink
 
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -423,3 +426,20 @@ def test_sink_stops_without_leaking_threads() -> None:
         # is still open: stop() must not wait for the client to hang up.
     leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
     assert leaked == []
+
+
+def test_fast_sink_counts_keep_alive_reports_and_reads_back_their_keys() -> None:
+    """The benchmarks' sink: requests in one keep-alive connection, Content-Length last
+    (the agent's client) or not (requests), each answered at once."""
+    with FastSink() as sink:
+        client = PlainHttpClient(sink.url, {"Content-Type": "application/json"}, 5.0)
+        for n in range(3):
+            body = json.dumps({"asset_key": ["fast", f"k{n}"]}).encode()
+            assert client.post(f"/{MAT}/", body).body == b"{}"
+        client.close()
+        assert requests.post(f"{sink.url}/{MAT}/", json={"asset_key": ["x"]}, timeout=5).ok
+        received = sink.wait_for(4, timeout=10)
+        assert received["keys"] == ["fast/k0", "fast/k1", "fast/k2", "x"]
+        assert received["last"] > 0
+        with pytest.raises(TimeoutError):
+            sink.wait_for(1, timeout=0.2)  # counting started again

@@ -13,6 +13,8 @@ transfer coding or the end of the connection.
 
 from __future__ import annotations
 
+import contextlib
+import re
 import select
 import socket
 import threading
@@ -20,12 +22,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 # Bounds on what a misbehaving server can make us read.
 MAX_LINE_BYTES = 65_536
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 1 << 20
+MAX_INTERIM_ANSWERS = 10
 # A connection idle this long is checked for a close by the server before it is reused
 # (one poll); a busier one is not, and a close that races the reuse is retried anyway.
 IDLE_CHECK_SECONDS = 1.0
@@ -55,11 +58,21 @@ class Response:
     body: bytes
 
 
+# What a path may hold unquoted (RFC 3986 pchar and "/"); "%" keeps existing escapes.
+_PATH_SAFE = "/%!$&'()*+,;=:@-._~"
+_DIGITS = re.compile(rb"[0-9]{1,18}")
+_HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,15}")
+
+
 class _Connection:
     def __init__(self, host: str, port: int, timeout: float) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.reader = self.sock.makefile("rb")
+        try:
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.reader = self.sock.makefile("rb")
+        except BaseException:
+            self.sock.close()
+            raise
         self.used = False
         self.closed = False
         self.idle_since = time.monotonic()
@@ -76,36 +89,48 @@ class _Connection:
         return not poller.poll(0)
 
     def close(self) -> None:
+        """Also from another thread, while a request waits on this connection: the
+        shutdown ends that wait at once (closing the reader alone would wait for it)."""
         self.closed = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.reader.close()
         self.sock.close()
 
 
 class PlainHttpClient:
-    """POSTs to one `http://host:port` with fixed headers, one connection per thread."""
+    """POSTs to one `http://host:port` with fixed headers, one connection per thread.
+    Once closed it stays closed: a straggling sender gets a ConnectionError at once."""
 
     def __init__(self, url: str, headers: Mapping[str, str], timeout: float) -> None:
+        """Raises ValueError for what it does not speak (not http://, a query string, a
+        host or header that is not ASCII): the caller uses requests for those."""
         parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname:
-            raise ValueError("PlainHttpClient speaks http:// only")
+        if parts.scheme != "http" or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError("PlainHttpClient speaks plain http:// without a query only")
         self.host = parts.hostname
         self.port = parts.port or 80
         self.timeout = timeout
-        self.base_path = parts.path.rstrip("/")
+        self.base_path = quote(parts.path.rstrip("/"), safe=_PATH_SAFE)
         netloc = parts.netloc.rpartition("@")[2]  # never send user:password as Host
         lines = [f"Host: {netloc}"] + [f"{name}: {value}" for name, value in headers.items()]
-        self._header_block = ("\r\n".join(lines) + "\r\n").encode("latin-1")
+        block = "\r\n".join(lines) + "\r\n"
+        if not block.isascii() or any(c in v for v in headers.values() for c in "\r\n"):
+            raise ValueError("host or header values that are not plain ASCII")
+        self._header_block = block.encode("ascii")
         self._local = threading.local()
         self._lock = threading.Lock()
         self._open: set[_Connection] = set()
+        self._closed = False
 
     def post(self, path: str, body: bytes) -> Response:
         """POST `body` to base path + `path`. Raises OSError (TimeoutError, connection
         errors, ProtocolError) when no complete answer came."""
+        target = f"{self.base_path}/{quote(path.lstrip('/'), safe=_PATH_SAFE)}"
         request = (
-            f"POST {self.base_path}/{path.lstrip('/')} HTTP/1.1\r\n".encode("latin-1")
+            f"POST {target} HTTP/1.1\r\n".encode("ascii")
             + self._header_block
-            + f"Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
+            + f"Content-Length: {len(body)}\r\n\r\n".encode("ascii")
             + body
         )
         connection = self._connection()
@@ -113,7 +138,7 @@ class PlainHttpClient:
         try:
             return self._exchange(connection, request)
         except NotAnswered:
-            if not reused:
+            if not reused or self._closed:
                 raise
             # The server closed a connection it had kept alive just as we reused it (its
             # idle timeout): send once more on a new one. At worst Dagster read the first
@@ -122,6 +147,7 @@ class PlainHttpClient:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             connections, self._open = self._open, set()
         for connection in connections:
             connection.close()
@@ -134,8 +160,13 @@ class PlainHttpClient:
             self._discard(connection)
             connection = None
         if connection is None:
+            if self._closed:
+                raise ConnectionError("the client is closed")
             connection = _Connection(self.host, self.port, self.timeout)
             with self._lock:
+                if self._closed:
+                    connection.close()
+                    raise ConnectionError("the client is closed")
                 self._open.add(connection)
             self._local.connection = connection
         return connection
@@ -157,7 +188,10 @@ class PlainHttpClient:
                 raise NotAnswered(str(exc)) from exc
             if not status_line:
                 raise NotAnswered("the server closed the connection without answering")
-            response, keep = read_response(connection.reader, status_line)
+            try:
+                response, keep = read_response(connection.reader, status_line)
+            except ValueError as exc:  # a check above let something odd through
+                raise ProtocolError(f"unreadable answer: {exc}") from None
         except BaseException:
             self._discard(connection)
             raise
@@ -171,7 +205,7 @@ def read_response(reader: _Reader, status_line: bytes) -> tuple[Response, bool]:
     """The response that begins with `status_line`, read on from `reader`, and whether
     the connection can carry another request. Interim 1xx answers are skipped."""
     line = status_line
-    while True:
+    for _ in range(MAX_INTERIM_ANSWERS + 1):
         version, status = _status_line(line)
         headers = _headers(reader)
         if not 100 <= status < 200:
@@ -179,14 +213,16 @@ def read_response(reader: _Reader, status_line: bytes) -> tuple[Response, bool]:
         line = _line(reader)
         if not line:
             raise ClosedEarly("the connection closed after an interim answer")
+    else:
+        raise ProtocolError(f"more than {MAX_INTERIM_ANSWERS} interim (1xx) answers")
     keep = _keeps_alive(version, headers)
-    chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+    coding = headers.get("transfer-encoding", "").lower()
     length_text = headers.get("content-length")
     if status in (204, 304):
         body = b""
-    elif chunked:
+    elif coding.rsplit(",", 1)[-1].strip() == "chunked":
         body = _chunked_body(reader)
-    elif length_text is not None:
+    elif length_text is not None and not coding:
         body = _sized_body(reader, _content_length(length_text))
     else:
         body = _bounded_read(reader, MAX_BODY_BYTES)  # ends with the connection
@@ -202,11 +238,13 @@ def _line(reader: _Reader) -> bytes:
 
 
 def _status_line(line: bytes) -> tuple[str, int]:
-    version, _, rest = line.decode("latin-1").partition(" ")
+    version, _, rest = line.partition(b" ")
     code = rest[:3]
-    if not version.startswith("HTTP/1.") or not code.isdigit() or rest[3:4] not in ("", " ", "\r"):
+    if not version.startswith(b"HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
         raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
-    return version, int(code)
+    if rest[3:4] not in (b"", b" ", b"\r", b"\n"):
+        raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
+    return version.decode("ascii", "replace"), int(code)
 
 
 def _headers(reader: _Reader) -> dict[str, str]:
@@ -234,7 +272,7 @@ def _keeps_alive(version: str, headers: Mapping[str, str]) -> bool:
 
 def _content_length(text: str) -> int:
     values = {value.strip() for value in text.split(",")}  # a repeated header must agree
-    if len(values) != 1 or not (value := values.pop()).isdigit():
+    if len(values) != 1 or not _DIGITS.fullmatch(value := values.pop().encode("latin-1")):
         raise ProtocolError(f"bad Content-Length: {text[:40]!r}")
     return int(value)
 
@@ -252,11 +290,13 @@ def _chunked_body(reader: _Reader) -> bytes:
     parts: list[bytes] = []
     total = 0
     while True:
-        size_text = _line(reader).split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise ProtocolError(f"bad chunk size: {size_text[:20]!r}") from None
+        line = _line(reader)
+        if not line:
+            raise ClosedEarly("the connection closed inside a chunked answer")
+        size_text = line.split(b";", 1)[0].strip()
+        if not _HEX_DIGITS.fullmatch(size_text):
+            raise ProtocolError(f"bad chunk size: {size_text[:20]!r}")
+        size = int(size_text, 16)
         if size == 0:
             _headers(reader)  # trailers, up to the blank line
             return b"".join(parts)

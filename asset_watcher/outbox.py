@@ -456,11 +456,13 @@ class StateStore:
         if not item_ids:
             return
         now = time.time()
+        write_time = not now - LAST_SUCCESS_EVERY_SECONDS < self._last_success_written <= now
         with self.transaction() as db:
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
-            if not now - LAST_SUCCESS_EVERY_SECONDS < self._last_success_written <= now:
+            if write_time:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_success', ?)", (str(now),))
-                self._last_success_written = now
+        if write_time:
+            self._last_success_written = now
 
     def retry_later(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as db:

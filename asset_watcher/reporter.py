@@ -152,7 +152,10 @@ def _plain_client(
     headers = {"Content-Type": "application/json", "User-Agent": "asset-watcher"}
     if token:
         headers[TOKEN_HEADER] = token
-    return PlainHttpClient(settings.url, headers, settings.timeout_seconds)
+    try:
+        return PlainHttpClient(settings.url, headers, settings.timeout_seconds)
+    except ValueError:  # a query string, a host name that is not ASCII: requests knows
+        return None
 
 
 def _reason(exc: BaseException) -> str:

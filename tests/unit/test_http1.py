@@ -14,6 +14,7 @@ import pytest
 
 from asset_watcher import http1
 from asset_watcher.http1 import NotAnswered, PlainHttpClient, ProtocolError
+from tests.support.agent_run import poll_until
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
 CLOSE = b""  # script step: close the connection without answering
@@ -225,8 +226,25 @@ def test_a_fresh_connection_closed_without_answer_is_an_error(server_factory) ->
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 101 + b"Content-Length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nX: " + b"y" * 70_000 + b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n" + b"x" * 100_000,
+        "HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n{}".encode("latin-1"),
+        "HTTP/1.1 \u00b200 OK\r\nContent-Length: 0\r\n\r\n".encode("latin-1"),
+        b"HTTP/1.1 100 Continue\r\n\r\n" * 12 + OK,
     ],
-    ids=["not-http", "status", "header", "length", "huge", "chunk", "many", "long-line"],
+    ids=[
+        "not-http",
+        "status",
+        "header",
+        "length",
+        "huge",
+        "chunk",
+        "many",
+        "long-line",
+        "negative-chunk",
+        "superscript-length",
+        "superscript-status",
+        "endless-interim",
+    ],
 )
 def test_malformed_answers_are_protocol_errors(server_factory, answer: bytes) -> None:
     server = server_factory([answer])
@@ -266,11 +284,6 @@ def test_connection_refused_is_a_connection_error() -> None:
         PlainHttpClient(f"http://127.0.0.1:{port}", {}, 2.0).post("x/", b"{}")
 
 
-def test_only_http_urls_are_accepted() -> None:
-    with pytest.raises(ValueError, match="http://"):
-        PlainHttpClient("https://dagster.example", {}, 1.0)
-
-
 def test_user_info_never_reaches_the_host_header(server_factory) -> None:
     server = server_factory([])
     client = PlainHttpClient(server.url.replace("//", "//user:pw@"), {}, 5.0)
@@ -290,6 +303,46 @@ def test_close_ends_every_thread_connection(server_factory) -> None:
         thread.join(10)
     assert server.connections == 3
     client.close()
-    assert client.post("x/", b"{}").status == 200  # this thread's old one is not reused
-    assert server.connections == 4
+    with pytest.raises(ConnectionError, match="closed"):
+        client.post("x/", b"{}")  # closed for good: no new connection either
+    assert server.connections == 3
+
+
+def test_close_ends_a_wait_for_an_answer_in_another_thread(server_factory) -> None:
+    server = server_factory([b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"])  # no body
+    client = client_for(server, timeout=60.0)
+    errors: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            client.post("x/", b"{}")
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiting = threading.Thread(target=post)
+    waiting.start()
+    poll_until(lambda: server.requests, what="the request arrived")
     client.close()
+    waiting.join(10)  # far less than the 60 s timeout: close() ended the wait
+    assert not waiting.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], ConnectionError)
+    assert len(server.requests) == 1  # not sent again after close()
+
+
+def test_the_path_is_percent_encoded_as_requests_would(server_factory) -> None:
+    server = server_factory([])
+    client = client_for(server, "/my prefix/caf\u00e9/%41")
+    client.post("report_asset_materialization/", b"{}")
+    assert server.requests[0][1].startswith(
+        b"POST /my%20prefix/caf%C3%A9/%41/report_asset_materialization/ HTTP/1.1\r\n"
+    )
+    client.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://dagster.example", "http://dagster.example/?x=1", "http://d\u00e4gster.example"],
+)
+def test_what_it_does_not_speak_is_refused_at_construction(url: str) -> None:
+    with pytest.raises(ValueError):
+        PlainHttpClient(url, {}, 1.0)

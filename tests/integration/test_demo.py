@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, CliRun
-from tests.support.dagster_server import DagsterServer, free_port, poll_until
+from tests.support.dagster_server import DagsterServer, free_port
+from tests.support.waiting import poll_value
 
 STARTUP_TIMEOUT_SECONDS = 120.0
 REPORT_TIMEOUT_SECONDS = 60.0
@@ -85,7 +86,7 @@ def test_demo_shows_a_dropped_file_with_its_checks_and_stops_cleanly(
         assert process.poll() is None, output.read_text(errors="replace")
         return output.read_text(errors="replace")
 
-    poll_until(ready, lambda text: "Ctrl-C stops both" in text, STARTUP_TIMEOUT_SECONDS, 0.2)
+    poll_value(ready, lambda text: "Ctrl-C stops both" in text, STARTUP_TIMEOUT_SECONDS, 0.2)
     assert (tmp_path / "drop").is_dir()
     assert (tmp_path / "demo" / "config.toml").is_file()
     server = DagsterServer(home=tmp_path / "demo" / "dagster_home")

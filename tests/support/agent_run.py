@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,24 +20,11 @@ from typing import Any
 from asset_watcher.agent import run_agent
 from asset_watcher.config import Config
 from tests.support.sink import RecordedRequest, Sink
+from tests.support.waiting import poll_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MATERIALIZATION = "/report_asset_materialization/"
 OBSERVATION = "/report_asset_observation/"
-
-
-def poll_until(
-    predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, what: str = ""
-) -> Any:
-    """Return the first truthy `predicate()`; raise TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"not within {timeout}s: {what or predicate}")
-        threading.Event().wait(interval)  # polling interval inside a deadline loop
 
 
 def make_config(

@@ -39,16 +39,17 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
+
+from tests.support.waiting import poll_value
 
 if TYPE_CHECKING:
     from dagster import DagsterInstance
 
-T = TypeVar("T")
 
 DATA_VERSION_TAG = "dagster/data_version"
 RUNLESS_RUN_ID = ""  # run id of events reported through the REST API (no run)
@@ -142,28 +143,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def poll_until(
-    fetch: Callable[[], T],
-    predicate: Callable[[T], bool],
-    timeout: float,
-    interval: float = 0.05,
-    message: str = "condition",
-) -> T:
-    """Call ``fetch`` until ``predicate(result)`` holds; return that result.
-
-    Raises TimeoutError (with the last result) once ``timeout`` seconds have passed.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        result = fetch()
-        if predicate(result):
-            return result
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError(f"{message} not met within {timeout}s; last value: {result!r}")
-        time.sleep(min(interval, remaining))
 
 
 def _plain_metadata(metadata: Any) -> tuple[dict[str, Any], dict[str, str]]:
@@ -343,9 +322,10 @@ class DagsterServer:
 
     def _wait_ready(self, deadline: float) -> None:
         assert self._proc is not None
-        info_url = f"{self.url}/server_info"
-        while True:
-            code = self._proc.poll()
+        proc, info_url = self._proc, f"{self.url}/server_info"
+
+        def serving() -> bool:
+            code = proc.poll()
             if code is not None:
                 raise DagsterServerError(
                     f"dagster-webserver exited with {code} before serving; log:\n"
@@ -353,25 +333,29 @@ class DagsterServer:
                 )
             try:
                 with urllib.request.urlopen(info_url, timeout=2) as resp:
-                    if resp.status == 200 and "dagster_version" in json.loads(resp.read()):
-                        break
+                    return resp.status == 200 and "dagster_version" in json.loads(resp.read())
             except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-                pass
-            if time.monotonic() >= deadline:
-                raise DagsterServerError(
-                    f"dagster-webserver not serving {info_url} in time; log:\n"
-                    + self.log_text()[-4000:]
-                )
-            time.sleep(0.05)  # poll interval inside the deadline loop
-        locations: list[CodeLocationStatus] = []
-        while True:
+                return False
+
+        def loaded() -> list[CodeLocationStatus] | None:
             with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
                 locations = self.code_locations()
                 if locations and all(loc.load_status != "LOADING" for loc in locations):
-                    break
-            if time.monotonic() >= deadline:
-                raise DagsterServerError(f"code locations still loading: {locations!r}")
-            time.sleep(0.05)  # poll interval inside the deadline loop
+                    return locations
+            return None
+
+        try:
+            poll_value(serving, bool, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise DagsterServerError(
+                f"dagster-webserver not serving {info_url} in time; log:\n"
+                + self.log_text()[-4000:]
+            ) from None
+        try:
+            locations = poll_value(loaded, bool, max(0.0, deadline - time.monotonic()))
+        except TimeoutError as exc:
+            raise DagsterServerError(f"code locations still loading: {exc}") from None
+        assert locations is not None
         errors = [loc for loc in locations if loc.error]
         if errors:
             raise DagsterServerError(
@@ -393,13 +377,11 @@ class DagsterServer:
                 proc.wait(timeout=timeout)
             # The code server may outlive the webserver for a moment: wait for the group to
             # empty, then kill whatever is left.
-            deadline = time.monotonic() + timeout
-            while _group_alive(pgid):
-                if time.monotonic() >= deadline:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(pgid, signal.SIGKILL)
-                    break
-                time.sleep(0.05)
+            try:
+                poll_value(lambda: _group_alive(pgid), lambda alive: not alive, timeout)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -511,11 +493,11 @@ class DagsterServer:
         timeout: float = 10.0,
     ) -> list[AssetEventRecord]:
         """Poll storage until at least ``count`` materializations exist; return them."""
-        return poll_until(
+        return poll_value(
             lambda: self.materializations(asset_key_parts, partition),
             lambda records: len(records) >= count,
             timeout,
-            message=f"{count} materialization(s) of {list(asset_key_parts)}",
+            what=f"{count} materialization(s) of {list(asset_key_parts)}",
         )
 
     def wait_for_observations(
@@ -526,11 +508,11 @@ class DagsterServer:
         timeout: float = 10.0,
     ) -> list[AssetEventRecord]:
         """Poll storage until at least ``count`` observations exist; return them."""
-        return poll_until(
+        return poll_value(
             lambda: self.observations(asset_key_parts, partition),
             lambda records: len(records) >= count,
             timeout,
-            message=f"{count} observation(s) of {list(asset_key_parts)}",
+            what=f"{count} observation(s) of {list(asset_key_parts)}",
         )
 
     def wait_for_check_evaluations(
@@ -541,11 +523,11 @@ class DagsterServer:
         timeout: float = 10.0,
     ) -> list[CheckEvaluationRecord]:
         """Poll storage until at least ``count`` check evaluations exist; return them."""
-        return poll_until(
+        return poll_value(
             lambda: self.check_evaluations(asset_key_parts, check_name),
             lambda records: len(records) >= count,
             timeout,
-            message=f"{count} evaluation(s) of {list(asset_key_parts)}/{check_name}",
+            what=f"{count} evaluation(s) of {list(asset_key_parts)}/{check_name}",
         )
 
     def _asset_events(

@@ -55,8 +55,8 @@ GONE_SECONDS = 60.0
 SCAN_BACKLOG_LIMIT = 5000
 # How long a wait may last before a thread looks at its stop event again.
 IDLE_WAIT_SECONDS = 0.5
-# Ownership decisions remembered (path -> rule and match): a new file's create, modify
-# and close events and its settling ask the same question four times.
+# Ownership decisions remembered (path -> rule and match): a new file's events (create,
+# close) and its settling ask the same question several times.
 OWNER_CACHE_SIZE = 4096
 # Retry delay for a version that could not be recorded (state directory full).
 STATE_RETRY_SECONDS = 30.0

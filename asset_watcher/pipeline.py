@@ -37,7 +37,7 @@ from asset_watcher.scan import (
     take_version,
     walk,
 )
-from asset_watcher.settle import Origin, Settled, Settler
+from asset_watcher.settle import LinkRenames, Origin, Settled, Settler
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,7 @@ class Pipeline:
         self.request_folder_scan = request_folder_scan
         self.wall_clock = wall_clock
         self.settler = Settler(clock)
+        self._links = LinkRenames()
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.counts = PipelineCounts()
         # marker path -> {data path: its settled version}, for files waiting on a marker
@@ -264,6 +265,8 @@ class Pipeline:
     def _change(self, change: Change) -> None:
         kind = change.kind
         if kind in (ChangeKind.WRITTEN, ChangeKind.CREATED, ChangeKind.MODIFIED):
+            if kind is ChangeKind.WRITTEN:
+                self._links.closed(change.path, change.at)  # owned or not: a temporary name
             self._marker_appeared(change.path)
             if kind is ChangeKind.CREATED:
                 self._created(change)
@@ -282,9 +285,11 @@ class Pipeline:
                 quiet = quiet_for_seconds(stat, self.wall_clock())
                 self.settler.seen(change.path, stat, settle, quiet_for_seconds=quiet)
         elif kind is ChangeKind.MOVED and change.dest:
+            self._links.moved(change.path)
             self._moved(change.path, change.dest, change.at)
         elif kind is ChangeKind.DELETED:
             self._deleted(change.path)
+            self._link_renamed(change.path, change.at)
         elif kind is ChangeKind.FOLDER_CREATED:
             # The watch is in place; files written before it existed are found by a scan.
             self.request_folder_scan(change.path, False)
@@ -300,7 +305,9 @@ class Pipeline:
         """A new name. Usually a writer's: its close-after-write follows, and a slow upload
         must not be settled half-written. But a hard link (OpenSSH's sftp-server renames
         with link() + unlink()) gets no close event: when the content is older than the
-        name (link() moves the ctime, not the mtime) or has another name, it arrived."""
+        name (link() moves the ctime, not the mtime) or has another name, it arrived. When
+        neither shows (a link within the last write's clock tick, the old name already
+        gone), the old name's deletion tells it: see `_link_renamed`."""
         found = self._owner(change.path)
         if found is None:
             return
@@ -315,6 +322,23 @@ class Pipeline:
         if linked:
             settle = rule.settings.settle_seconds or 0.0
             self.settler.written(change.path, stat_of(st), settle, at=change.at)
+        elif st.st_size > 0:  # a writer's, or a link made within the last write's tick
+            self._links.created(change.path, change.at, stat_of(st))
+
+    def _link_renamed(self, old: str, at: float) -> None:
+        """The old name of a link() + unlink() rename went: if a new name appeared in its
+        folder just before, unwritten since, that name arrived (see LinkRenames)."""
+        for path, size, mtime_ns in self._links.deleted(old, at):
+            found = self._owner(path)
+            if found is None:
+                continue
+            rule = found[0]
+            stat = file_stat(path, self._follow(rule))
+            if stat is None or (stat.size, stat.mtime_ns) != (size, mtime_ns):
+                continue  # gone, or still being written: its writer's close will come
+            log.debug("%s was linked into place from %s", display_path(path), display_path(old))
+            self.settler.written(path, stat, rule.settings.settle_seconds or 0.0, at=at)
+            return
 
     def _moved(self, source: str, destination: str, at: float) -> None:
         self._marker_appeared(destination)

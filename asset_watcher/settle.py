@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import heapq
 import itertools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,3 +186,79 @@ class Settler:
         if path in self._entries:
             return
         self._arm(path, _Entry(origin, settle_seconds, 0.0, stat), self.clock() + settle_seconds)
+
+
+# How close together a hard-link rename's events come (see LinkRenames).
+LINK_RENAME_SECONDS = 5.0
+# Candidates kept at most; past this (files created and never closed) they are dropped.
+LINK_CANDIDATES_MAX = 10_000
+
+
+class LinkRenames:
+    """Tells a rename by link() + unlink() (OpenSSH's sftp-server, for a client's plain
+    rename request) from its events, when the new name itself cannot tell: a link() in
+    the same clock tick as the last write leaves ctime == mtime and, once the old name is
+    gone, one link. The events still do: the old name was closed after writing, then the
+    new name appeared, then the old name went, all within a moment, and the new name was
+    never written to itself.
+
+    Pure bookkeeping: the caller stats the candidates it is given back and decides.
+    """
+
+    def __init__(self) -> None:
+        self._closed: dict[str, float] = {}  # path -> when closed after writing, oldest first
+        # folder -> {new path: (when it appeared, size, mtime_ns)}, oldest first
+        self._candidates: dict[str, dict[str, tuple[float, int, int]]] = {}
+        self._count = 0
+
+    def closed(self, path: str, at: float) -> None:
+        """`path` was closed after writing: a name a link may be made from; and no
+        candidate any more (its own writer closed it)."""
+        self._forget(path)
+        self._closed.pop(path, None)
+        self._closed[path] = at
+        for old, when in list(self._closed.items()):
+            if at - when <= LINK_RENAME_SECONDS:
+                break
+            del self._closed[old]
+
+    def created(self, path: str, at: float, stat: FileStat) -> None:
+        """`path` appeared with content and looks like a writer's new file; it may also be
+        the new name of a link."""
+        if self._count >= LINK_CANDIDATES_MAX:
+            self._candidates.clear()
+            self._count = 0
+        folder = self._candidates.setdefault(os.path.dirname(path), {})
+        self._count -= len(folder)
+        for old, (when, _, _) in list(folder.items()):
+            if at - when <= LINK_RENAME_SECONDS:
+                break
+            del folder[old]
+        folder.pop(path, None)
+        folder[path] = (at, stat.size, stat.mtime_ns)
+        self._count += len(folder)
+
+    def moved(self, path: str) -> None:
+        self._forget(path)
+        self._closed.pop(path, None)
+
+    def deleted(self, path: str, at: float) -> list[tuple[str, int, int]]:
+        """The candidates that `path`'s deletion makes look like its new name: (path,
+        size and mtime_ns when it appeared), the oldest first."""
+        self._forget(path)
+        closed_at = self._closed.pop(path, None)
+        if closed_at is None or at - closed_at > LINK_RENAME_SECONDS:
+            return []
+        folder = self._candidates.get(os.path.dirname(path), {})
+        return [
+            (new, size, mtime_ns)
+            for new, (when, size, mtime_ns) in folder.items()
+            if closed_at <= when <= at
+        ]
+
+    def _forget(self, path: str) -> None:
+        folder = self._candidates.get(os.path.dirname(path))
+        if folder is not None and folder.pop(path, None) is not None:
+            self._count -= 1
+            if not folder:
+                del self._candidates[os.path.dirname(path)]

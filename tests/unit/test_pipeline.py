@@ -195,6 +195,71 @@ def test_a_hard_link_into_place_is_an_arrival_but_a_new_file_waits_for_its_close
     assert pipeline.counts.reported == 2
 
 
+def deleted(path: Path, at: float) -> Change:
+    return Change(ChangeKind.DELETED, str(path), root=str(path.parent), at=at)
+
+
+def upload_part(path: Path, data: bytes) -> None:
+    """An upload to a temporary name whose mtime the link() that follows cannot pass: the
+    case of a link within the last write's clock tick, where ctime == mtime."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        later = time.time_ns() + 3600 * 10**9
+        os.utime(handle.fileno(), ns=(later, later))
+
+
+def test_a_link_rename_the_new_name_cannot_tell_is_told_by_its_events(
+    drop: Path, store: StateStore
+) -> None:
+    """close(part), link(part, final), unlink(part): the events say it arrived."""
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    part, final = drop / ".upload.filepart", drop / "final.csv"
+    upload_part(part, b"id\n1\n")
+    pipeline.handle(written(part, clock.now))
+    os.link(part, final)
+    part.unlink()
+    st = final.stat()
+    assert st.st_nlink == 1 and not st.st_mtime_ns < st.st_ctime_ns  # no trace on the name
+    pipeline.handle(created(final, clock.now + 0.001))
+    pipeline.handle(deleted(part, clock.now + 0.002))
+    clock.now += 5
+    pipeline.settle_due()
+    assert store.known(str(final)) is not None
+    assert pipeline.counts.reported == 1
+
+
+@pytest.mark.parametrize("case", ["created-before-the-close", "written-meanwhile", "too-late"])
+def test_a_writers_new_file_is_not_taken_for_a_link_rename(
+    drop: Path, store: StateStore, case: str
+) -> None:
+    """Around another upload's temporary name going, a file still being written waits for
+    its own close."""
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    part, writing = drop / ".other.filepart", drop / "writing.csv"
+    upload_part(part, b"other\n")
+    with open(writing, "wb") as handle:
+        handle.write(b"first chunk\n")
+        handle.flush()
+        if case == "created-before-the-close":
+            pipeline.handle(created(writing, clock.now))
+            pipeline.handle(written(part, clock.now + 0.001))
+        else:
+            pipeline.handle(written(part, clock.now))
+            pipeline.handle(created(writing, clock.now + 0.001))
+        if case == "written-meanwhile":
+            handle.write(b"second chunk\n")
+            handle.flush()
+        part.unlink()
+        gone_at = clock.now + (10 if case == "too-late" else 0.002)
+        pipeline.handle(deleted(part, gone_at))
+        clock.now += 15
+        pipeline.settle_due()
+        assert store.known(str(writing)) is None
+    assert pipeline.counts.reported == 0
+
+
 def test_a_state_that_cannot_be_written_stops_the_pipeline_instead_of_losing_the_change(
     drop: Path, store: StateStore, tmp_path: Path
 ) -> None:

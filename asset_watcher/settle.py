@@ -17,8 +17,11 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from asset_watcher.model import FileStat
+
+V = TypeVar("V")
 
 
 class Origin(str, enum.Enum):
@@ -217,10 +220,7 @@ class LinkRenames:
         self._forget(path)
         self._closed.pop(path, None)
         self._closed[path] = at
-        for old, when in list(self._closed.items()):
-            if at - when <= LINK_RENAME_SECONDS:
-                break
-            del self._closed[old]
+        _drop_older(self._closed, at - LINK_RENAME_SECONDS, lambda when: when)
 
     def created(self, path: str, at: float, stat: FileStat) -> None:
         """`path` appeared with content and looks like a writer's new file; it may also be
@@ -230,10 +230,7 @@ class LinkRenames:
             self._count = 0
         folder = self._candidates.setdefault(os.path.dirname(path), {})
         self._count -= len(folder)
-        for old, (when, _, _) in list(folder.items()):
-            if at - when <= LINK_RENAME_SECONDS:
-                break
-            del folder[old]
+        _drop_older(folder, at - LINK_RENAME_SECONDS, lambda entry: entry[0])
         folder.pop(path, None)
         folder[path] = (at, stat.size, stat.mtime_ns)
         self._count += len(folder)
@@ -262,3 +259,12 @@ class LinkRenames:
             self._count -= 1
             if not folder:
                 del self._candidates[os.path.dirname(path)]
+
+
+def _drop_older(entries: dict[str, V], before: float, when: Callable[[V], float]) -> None:
+    """Drop the entries from before `before` off the front of an oldest-first dict."""
+    while entries:
+        oldest = next(iter(entries))
+        if when(entries[oldest]) >= before:
+            return
+        del entries[oldest]

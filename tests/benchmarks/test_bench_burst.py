@@ -87,9 +87,9 @@ def agent_burst(tmp_path: Path) -> dict[str, float]:
     return {"first": first, "last": last, "done": done, "recorded": recorded}
 
 
-def shell_burst(tmp_path: Path) -> float | None:
-    """Seconds from the first write to the last report for the shell loop, or None when
-    its tools are missing."""
+def shell_burst(tmp_path: Path) -> dict[str, float] | None:
+    """The shell loop's first write, last write and last report, or None when its tools
+    are missing."""
     if not all(shutil.which(tool) for tool in ("inotifywait", "sha256sum", "curl")):
         return None
     drop = tmp_path / "shell-drop"
@@ -105,14 +105,14 @@ def shell_burst(tmp_path: Path) -> float | None:
             assert loop.stderr is not None
             while b"Watches established" not in loop.stderr.readline():
                 pass
-            first, _ = write_burst(drop, FILES)
+            first, last = write_burst(drop, FILES)
             done = sink.wait_for(FILES, timeout=1800)["last"]
         finally:
             os.killpg(loop.pid, signal.SIGTERM)
             loop.wait(30)
             if loop.stderr is not None:
                 loop.stderr.close()
-    return done - first
+    return {"first": first, "last": last, "done": done}
 
 
 def test_burst_of_10000_small_files(tmp_path: Path) -> None:
@@ -128,15 +128,21 @@ def test_burst_of_10000_small_files(tmp_path: Path) -> None:
         ),
         ("first write -> last report", f"{agent_total:.2f} s ({FILES / agent_total:.0f} files/s)"),
     ]
-    shell_total = shell_burst(tmp_path)
-    if shell_total is None:
+    shell = shell_burst(tmp_path)
+    if shell is None:
         report("burst (agent only)", rows)
         pytest.skip("inotifywait not installed (Debian: apt-get install -y inotify-tools)")
+    shell_total = shell["done"] - shell["first"]
+    agent_tail, shell_tail = agent["done"] - agent["last"], shell["done"] - shell["last"]
     rows += [
         (
             "shell loop, first write -> last report",
             f"{shell_total:.1f} s ({shell_total / FILES * 1000:.1f} ms/file)",
         ),
-        ("ratio agent vs shell loop", f"{shell_total / agent_total:.1f}x (target >= 20x)"),
+        ("shell loop, last write -> last report", f"{shell_tail:.1f} s"),
+        # The stricter of the two: the writer's own time (which varies with the disk
+        # from run to run) counts for the agent as much as for the loop.
+        ("ratio, first write -> last report", f"{shell_total / agent_total:.1f}x (target >= 20x)"),
+        ("ratio, last write -> last report", f"{shell_tail / agent_tail:.1f}x (target >= 20x)"),
     ]
     report("burst of 10,000 small files", rows)

@@ -188,10 +188,16 @@ class PlainHttpClient:
                 raise NotAnswered(str(exc)) from exc
             if not status_line:
                 raise NotAnswered("the server closed the connection without answering")
-            try:
-                response, keep = read_response(connection.reader, status_line)
-            except ValueError as exc:  # a check above let something odd through
+            response, keep = read_response(connection.reader, status_line)
+        except (ValueError, OSError) as exc:
+            closed_under_us = connection.closed
+            self._discard(connection)
+            if closed_under_us and not isinstance(exc, ConnectionError):
+                # close() from another thread: the reader or socket went away under us.
+                raise ConnectionError("the client is closed") from None
+            if isinstance(exc, ValueError):  # a check above let something odd through
                 raise ProtocolError(f"unreadable answer: {exc}") from None
+            raise
         except BaseException:
             self._discard(connection)
             raise

@@ -4,6 +4,8 @@ that cannot be written. Real folders, real inotify, a loopback sink."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -138,6 +140,35 @@ def test_a_hard_link_rename_in_the_last_writes_clock_tick_is_reported_once(
         r.json for r in sink.requests if r.json["metadata"]["path"].endswith("/linked.csv")
     ]
     assert report["data_version"] == hashlib.sha256(b"a,b\n3,4\n").hexdigest()
+
+
+def test_a_writer_paused_at_start_up_is_reported_once_when_it_closes(
+    start: object, sink: Sink, drop: Path
+) -> None:
+    """The catch-up scan finds an upload whose writer has paused for longer than
+    settle_seconds (its mtime is old): still open for writing, it is not reported
+    half-written; its close brings the one report, with the final content."""
+    upload = drop / "paused.csv"
+    with open(upload, "wb") as writer:
+        writer.write(b"a,b\n1,2\n")
+        writer.flush()
+        os.utime(writer.fileno(), (time.time() - 60, time.time() - 60))
+        probe = os.open(upload, os.O_RDONLY)
+        try:
+            fcntl.fcntl(probe, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                pytest.skip(f"no file leases here: {exc}")
+        finally:
+            os.close(probe)
+        start()  # type: ignore[operator]
+        barrier(sink, drop)  # the catch-up scan has looked at it by now
+        assert str(upload) not in reported_paths(sink)
+        writer.write(b"3,4\n")
+    wait_reported(sink, upload)
+    barrier(sink, drop)
+    (report,) = [r.json for r in sink.requests if r.json["metadata"]["path"] == str(upload)]
+    assert report["data_version"] == hashlib.sha256(b"a,b\n1,2\n3,4\n").hexdigest()
 
 
 def test_a_slow_writer_is_reported_once_with_its_final_content(

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
-from asset_watcher.fingerprint import CHUNK_BYTES, NotRegularFileError, fingerprint
+from asset_watcher import fingerprint as fingerprint_module
+from asset_watcher.fingerprint import (
+    CHUNK_BYTES,
+    FileChangedError,
+    NotRegularFileError,
+    fingerprint,
+    open_for_writing,
+)
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "blake2b", "md5", "sha1"])
@@ -72,3 +82,50 @@ def test_fifo_and_folder_are_refused_without_hanging(tmp_path: Path) -> None:
 def test_vanished_file_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         fingerprint(str(tmp_path / "gone"))
+
+
+def skip_without_leases(path: Path) -> None:
+    """Leases need the owner (we are) and a file system that has them (tmpfs, ext4)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError as exc:
+        pytest.skip(f"no file leases here: {exc}")
+    finally:
+        os.close(fd)
+
+
+def test_a_file_held_open_for_writing_is_still_being_written(tmp_path: Path) -> None:
+    """A writer paused for longer than settle_seconds: stat cannot tell, the kernel can."""
+    path = tmp_path / "upload.csv"
+    path.write_bytes(b"")
+    skip_without_leases(path)
+    with open(path, "ab") as writer:
+        writer.write(b"first chunk\n")
+        writer.flush()
+        with pytest.raises(FileChangedError, match="open for writing"):
+            fingerprint(str(path))
+    with open(path, "rb") as reader:  # readers do not count
+        assert not open_for_writing(reader.fileno())
+        assert fingerprint(str(path)).stat.size == len(b"first chunk\n")
+
+
+def test_where_leases_are_refused_the_agent_says_so_once_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not the owner and no CAP_LEASE (the shipped unit), or NFS: completion rests on
+    close events and settle_seconds, as without the check."""
+
+    def refuse(fd: int, command: int, arg: int = 0) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(fingerprint_module.fcntl, "fcntl", refuse)
+    monkeypatch.setattr(fingerprint_module, "_lease_unavailable_said", False)
+    path = tmp_path / "f.csv"
+    path.write_bytes(b"x\n")
+    with caplog.at_level(logging.INFO, logger="asset_watcher.fingerprint"):
+        assert fingerprint(str(path)).stat.size == 2
+        assert fingerprint(str(path)).stat.size == 2
+    said = [r.getMessage() for r in caplog.records if "open for writing" in r.getMessage()]
+    assert len(said) == 1 and "Permission denied" in said[0] and "CAP_LEASE" in said[0]

@@ -30,6 +30,7 @@ from asset_watcher.outbox import KnownVersion, StateStore
 from asset_watcher.reports import deleted_report, reports_for_version
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.scan import (
+    STILL_BEING_WRITTEN,
     Candidate,
     carry_over_rename,
     file_stat,
@@ -58,6 +59,8 @@ IDLE_WAIT_SECONDS = 0.5
 # Ownership decisions remembered (path -> rule and match): a new file's events (create,
 # close) and its settling ask the same question several times.
 OWNER_CACHE_SIZE = 4096
+# How soon a file closed after writing but still open for writing is looked at again.
+STILL_OPEN_RETRY_SECONDS = 1.0
 # Retry delay for a version that could not be recorded (state directory full).
 STATE_RETRY_SECONDS = 30.0
 
@@ -500,8 +503,14 @@ class Pipeline:
         settle = rule.settings.settle_seconds or 0.0
         if isinstance(print_, str):
             now = file_stat(path, self._follow(rule))
+            closed_just_now = settled.origin is Origin.WRITTEN and print_ == STILL_BEING_WRITTEN
             if now is not None and now != settled.stat:
                 self.settler.restart(path, now, settle, settled.origin)  # written again
+            elif now is not None and closed_just_now:
+                # Closed, yet open for writing: the kernel signals the close a moment
+                # before the writer lets go, or another writer has it. Look again soon.
+                retry = max(settle, STILL_OPEN_RETRY_SECONDS)
+                self.settler.restart(path, now, retry, settled.origin)
             else:
                 self.counts.skipped += 1
                 log.info("skipped %s: %s", display_path(path), print_)

@@ -112,6 +112,9 @@ def is_changed(candidate: FileStat, known: KnownVersion | None) -> bool | None:
     return False
 
 
+STILL_BEING_WRITTEN = "still being written"
+
+
 def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
     """Read a file that looks complete; the reason to skip it otherwise."""
     marker = rule.marker_for(match)
@@ -130,7 +133,7 @@ def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
             ),
         )
     except FileChangedError:
-        return "still being written"
+        return STILL_BEING_WRITTEN
     except NotRegularFileError as exc:
         return str(exc.strerror)
     except OSError as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import sqlite3
 import threading
@@ -258,6 +260,35 @@ def test_a_writers_new_file_is_not_taken_for_a_link_rename(
         pipeline.settle_due()
         assert store.known(str(writing)) is None
     assert pipeline.counts.reported == 0
+
+
+def test_a_close_seen_while_the_file_is_still_open_for_writing_is_looked_at_again(
+    drop: Path, store: StateStore
+) -> None:
+    """The kernel signals a close a moment before the writer lets go of the file (or a
+    second writer still has it): the file is looked at again, not dropped."""
+    clock = Clock()
+    pipeline = make_pipeline(drop, store, clock)
+    path = drop / "shared.csv"
+    with open(path, "wb") as writer:
+        writer.write(b"a\n")
+        writer.flush()
+        probe = os.open(path, os.O_RDONLY)
+        try:
+            fcntl.fcntl(probe, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                pytest.skip(f"no file leases here: {exc}")
+        finally:
+            os.close(probe)
+        pipeline.handle(written(path, clock.now))
+        clock.now += 5
+        pipeline.settle_due()
+        assert store.known(str(path)) is None
+    clock.now += 5
+    pipeline.settle_due()
+    assert store.known(str(path)) is not None
+    assert pipeline.counts.reported == 1
 
 
 def test_a_state_that_cannot_be_written_stops_the_pipeline_instead_of_losing_the_change(

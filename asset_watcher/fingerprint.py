@@ -59,7 +59,8 @@ def fingerprint(
     expected_real_path: str | None = None,
 ) -> Fingerprint:
     """Read `path` once. Raises OSError (vanished, unreadable), NotRegularFileError, or
-    FileChangedError when its size or mtime moved during the read.
+    FileChangedError when another process holds it open for writing or its size or mtime
+    moved during the read.
 
     O_NOFOLLOW guards only the last component: `expected_real_path` makes sure no folder
     on the way was swapped for a link (an SFTP user racing the agent out of the drop)."""

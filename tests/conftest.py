@@ -1,4 +1,5 @@
-"""Fixtures shared by every test: a CLI runner, config files, and a thread-leak check."""
+"""Fixtures shared by every test: a CLI runner, config files, a drop folder, and a
+thread-leak check."""
 
 from __future__ import annotations
 
@@ -13,6 +14,14 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    """The watched folder of a test: `tmp_path/drop`, empty."""
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    return folder
 
 
 @pytest.fixture(autouse=True)

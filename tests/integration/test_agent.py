@@ -35,13 +35,6 @@ Start = Callable[..., InProcessAgent]
 
 
 @pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def start(tmp_path: Path, sink: Sink, drop: Path) -> Iterator[Start]:
     """Start an agent on `drop` (one rule, key drop/{stem} unless given); stopped at the end."""
     agents: list[InProcessAgent] = []

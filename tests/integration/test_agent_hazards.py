@@ -4,8 +4,6 @@ that cannot be written. Real folders, real inotify, a loopback sink."""
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -23,7 +21,14 @@ from asset_watcher.agent import Agent
 from asset_watcher.config import load_config
 from asset_watcher.errors import EXIT_FAILED
 from asset_watcher.outbox import DB_NAME
-from tests.support.agent_run import barrier, poll_until, reported_paths, wait_reported, write
+from tests.support.agent_run import (
+    barrier,
+    poll_until,
+    reported_paths,
+    skip_without_file_leases,
+    wait_reported,
+    write,
+)
 from tests.support.sink import Sink
 
 
@@ -54,13 +59,6 @@ class Running:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "agent did not stop in time"
         return self.status[0]
-
-
-@pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
 
 
 @pytest.fixture
@@ -105,11 +103,23 @@ def test_folders_swapped_for_links_to_outside_are_never_reported(
     assert reported == []
 
 
-def test_a_hard_link_rename_is_reported_once(start: object, sink: Sink, drop: Path) -> None:
-    """OpenSSH's sftp-server renames with link() + unlink(): IN_CREATE, never a close."""
+@pytest.mark.parametrize("same_tick", [False, True], ids=["round-trip-later", "same-tick"])
+def test_a_hard_link_rename_is_reported_once(
+    start: object, sink: Sink, drop: Path, same_tick: bool
+) -> None:
+    """OpenSSH's sftp-server renames with link() + unlink(): IN_CREATE, never a close.
+    Within the last write's clock tick nothing on the new name tells it (its mtime is not
+    older than the link's ctime, set ahead here; one link is left): its events (close,
+    create, delete) do."""
     start()  # type: ignore[operator]
-    part = write(drop / ".upload.filepart", b"a,b\n1,2\n")
-    threading.Event().wait(0.02)  # the client's rename request, a round trip later
+    part = drop / ".upload.filepart"
+    with open(part, "wb") as handle:
+        handle.write(b"a,b\n1,2\n")
+        if same_tick:
+            ahead = time.time_ns() + 3600 * 10**9
+            os.utime(handle.fileno(), ns=(ahead, ahead))
+    if not same_tick:
+        threading.Event().wait(0.02)  # the client's rename request, a round trip later
     os.link(part, drop / "linked.csv")
     part.unlink()
     wait_reported(sink, drop / "linked.csv")
@@ -118,28 +128,6 @@ def test_a_hard_link_rename_is_reported_once(start: object, sink: Sink, drop: Pa
         r.json for r in sink.requests if r.json["metadata"]["path"].endswith("/linked.csv")
     ]
     assert report["data_version"] == hashlib.sha256(b"a,b\n1,2\n").hexdigest()
-
-
-def test_a_hard_link_rename_in_the_last_writes_clock_tick_is_reported_once(
-    start: object, sink: Sink, drop: Path
-) -> None:
-    """The same with nothing on the new name to tell it: its mtime is not older than the
-    link's ctime (set ahead here, as a link within the write's clock tick leaves them
-    equal), and one link is left. Its events (close, create, delete) tell it."""
-    start()  # type: ignore[operator]
-    part = drop / ".upload.filepart"
-    with open(part, "wb") as handle:
-        handle.write(b"a,b\n3,4\n")
-        ahead = time.time_ns() + 3600 * 10**9
-        os.utime(handle.fileno(), ns=(ahead, ahead))
-    os.link(part, drop / "linked.csv")
-    part.unlink()
-    wait_reported(sink, drop / "linked.csv")
-    barrier(sink, drop)
-    (report,) = [
-        r.json for r in sink.requests if r.json["metadata"]["path"].endswith("/linked.csv")
-    ]
-    assert report["data_version"] == hashlib.sha256(b"a,b\n3,4\n").hexdigest()
 
 
 def test_a_writer_paused_at_start_up_is_reported_once_when_it_closes(
@@ -153,14 +141,7 @@ def test_a_writer_paused_at_start_up_is_reported_once_when_it_closes(
         writer.write(b"a,b\n1,2\n")
         writer.flush()
         os.utime(writer.fileno(), (time.time() - 60, time.time() - 60))
-        probe = os.open(upload, os.O_RDONLY)
-        try:
-            fcntl.fcntl(probe, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                pytest.skip(f"no file leases here: {exc}")
-        finally:
-            os.close(probe)
+        skip_without_file_leases(upload)
         start()  # type: ignore[operator]
         barrier(sink, drop)  # the catch-up scan has looked at it by now
         assert str(upload) not in reported_paths(sink)

@@ -49,13 +49,6 @@ def rule(path: Path, asset_key: str = "drop/{stem}", **extra: object) -> str:
 
 
 @pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def processes(tmp_path: Path) -> Iterator[list[AgentProcess]]:
     started: list[AgentProcess] = []
     yield started

@@ -20,13 +20,6 @@ TOKEN = "tok-3f9a-never-printed"
 
 
 @pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
 def configure(
     config_file: Callable[[str], Path], tmp_path: Path, drop: Path, sink: Sink
 ) -> Callable[..., Path]:

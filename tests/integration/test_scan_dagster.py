@@ -13,13 +13,6 @@ from tests.conftest import CliRun
 from tests.support.dagster_server import DagsterServer
 
 
-@pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
-
-
 def scan_config(
     config_file: Callable[[str], Path], url: str, drop: Path, state: Path, key: str
 ) -> Path:

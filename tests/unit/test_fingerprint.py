@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
 import hashlib
 import logging
 import os
@@ -19,6 +18,7 @@ from asset_watcher.fingerprint import (
     fingerprint,
     open_for_writing,
 )
+from tests.support.agent_run import skip_without_file_leases
 
 
 @pytest.mark.parametrize("algorithm", ["sha256", "blake2b", "md5", "sha1"])
@@ -84,23 +84,11 @@ def test_vanished_file_raises_oserror(tmp_path: Path) -> None:
         fingerprint(str(tmp_path / "gone"))
 
 
-def skip_without_leases(path: Path) -> None:
-    """Leases need the owner (we are) and a file system that has them (tmpfs, ext4)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    except OSError as exc:
-        pytest.skip(f"no file leases here: {exc}")
-    finally:
-        os.close(fd)
-
-
 def test_a_file_held_open_for_writing_is_still_being_written(tmp_path: Path) -> None:
     """A writer paused for longer than settle_seconds: stat cannot tell, the kernel can."""
     path = tmp_path / "upload.csv"
     path.write_bytes(b"")
-    skip_without_leases(path)
+    skip_without_file_leases(path)
     with open(path, "ab") as writer:
         writer.write(b"first chunk\n")
         writer.flush()

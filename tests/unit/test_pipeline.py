@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import sqlite3
 import threading
@@ -19,6 +17,7 @@ from asset_watcher.outbox import DB_NAME, StateStore
 from asset_watcher.pipeline import Found, Pipeline
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import file_stat
+from tests.support.agent_run import skip_without_file_leases
 
 
 class Clock:
@@ -27,13 +26,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def drop(tmp_path: Path) -> Path:
-    folder = tmp_path / "drop"
-    folder.mkdir()
-    return folder
 
 
 @pytest.fixture
@@ -273,14 +265,7 @@ def test_a_close_seen_while_the_file_is_still_open_for_writing_is_looked_at_agai
     with open(path, "wb") as writer:
         writer.write(b"a\n")
         writer.flush()
-        probe = os.open(path, os.O_RDONLY)
-        try:
-            fcntl.fcntl(probe, fcntl.F_SETLEASE, fcntl.F_RDLCK)
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                pytest.skip(f"no file leases here: {exc}")
-        finally:
-            os.close(probe)
+        skip_without_file_leases(path)
         pipeline.handle(written(path, clock.now))
         clock.now += 5
         pipeline.settle_due()

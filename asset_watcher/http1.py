@@ -61,6 +61,7 @@ class Response:
 # What a path may hold unquoted (RFC 3986 pchar and "/"); "%" keeps existing escapes.
 _PATH_SAFE = "/%!$&'()*+,;=:@-._~"
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[0-9]) ([0-9]{3})(?:[ \r\n]|$)")
 _HEX_DIGITS = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
@@ -244,13 +245,10 @@ def _line(reader: _Reader) -> bytes:
 
 
 def _status_line(line: bytes) -> tuple[str, int]:
-    version, _, rest = line.partition(b" ")
-    code = rest[:3]
-    if not version.startswith(b"HTTP/1.") or not _DIGITS.fullmatch(code) or len(code) != 3:
+    found = _STATUS_LINE.match(line)
+    if found is None:
         raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
-    if rest[3:4] not in (b"", b" ", b"\r", b"\n"):
-        raise ProtocolError(f"not an HTTP/1.x status line: {line[:80]!r}")
-    return version.decode("ascii", "replace"), int(code)
+    return found[1].decode("ascii"), int(found[2])
 
 
 def _headers(reader: _Reader) -> dict[str, str]:

@@ -147,14 +147,14 @@ def _plain_client(
     """The lean client for an `http://` Dagster reached without a proxy; None otherwise
     (https and proxies go through requests). It sends only the headers that matter: no
     Accept-Encoding, so an error text never arrives compressed."""
-    if session.proxies or not settings.url.lower().startswith("http://"):
+    if session.proxies:
         return None
     headers = {"Content-Type": "application/json", "User-Agent": "asset-watcher"}
     if token:
         headers[TOKEN_HEADER] = token
     try:
         return PlainHttpClient(settings.url, headers, settings.timeout_seconds)
-    except ValueError:  # a query string, a host name that is not ASCII: requests knows
+    except ValueError:  # https, a query string, a host that is not ASCII: requests knows
         return None
 
 

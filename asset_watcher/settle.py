@@ -193,8 +193,10 @@ class Settler:
 
 # How close together a hard-link rename's events come (see LinkRenames).
 LINK_RENAME_SECONDS = 5.0
-# Candidates kept at most; past this (files created and never closed) they are dropped.
-LINK_CANDIDATES_MAX = 10_000
+# Folders holding candidates at most; past this (files created and never closed, in
+# folders with no new file since) they are all dropped. Each folder's candidates are
+# pruned to the last LINK_RENAME_SECONDS whenever a new one comes.
+LINK_CANDIDATE_FOLDERS_MAX = 10_000
 
 
 class LinkRenames:
@@ -212,7 +214,6 @@ class LinkRenames:
         self._closed: dict[str, float] = {}  # path -> when closed after writing, oldest first
         # folder -> {new path: (when it appeared, size, mtime_ns)}, oldest first
         self._candidates: dict[str, dict[str, tuple[float, int, int]]] = {}
-        self._count = 0
 
     def closed(self, path: str, at: float) -> None:
         """`path` was closed after writing: a name a link may be made from; and no
@@ -225,15 +226,12 @@ class LinkRenames:
     def created(self, path: str, at: float, stat: FileStat) -> None:
         """`path` appeared with content and looks like a writer's new file; it may also be
         the new name of a link."""
-        if self._count >= LINK_CANDIDATES_MAX:
+        if len(self._candidates) >= LINK_CANDIDATE_FOLDERS_MAX:
             self._candidates.clear()
-            self._count = 0
         folder = self._candidates.setdefault(os.path.dirname(path), {})
-        self._count -= len(folder)
         _drop_older(folder, at - LINK_RENAME_SECONDS, lambda entry: entry[0])
         folder.pop(path, None)
         folder[path] = (at, stat.size, stat.mtime_ns)
-        self._count += len(folder)
 
     def moved(self, path: str) -> None:
         self._forget(path)
@@ -255,10 +253,8 @@ class LinkRenames:
 
     def _forget(self, path: str) -> None:
         folder = self._candidates.get(os.path.dirname(path))
-        if folder is not None and folder.pop(path, None) is not None:
-            self._count -= 1
-            if not folder:
-                del self._candidates[os.path.dirname(path)]
+        if folder is not None and folder.pop(path, None) is not None and not folder:
+            del self._candidates[os.path.dirname(path)]
 
 
 def _drop_older(entries: dict[str, V], before: float, when: Callable[[V], float]) -> None:

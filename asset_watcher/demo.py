@@ -290,7 +290,7 @@ class Webserver:
         except subprocess.TimeoutExpired:
             log.warning("dagster-webserver did not stop in %.0fs, killing it", STOP_TIMEOUT_SECONDS)
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        while _group_alive(group) and time.monotonic() < deadline:
+        while process_group_alive(group) and time.monotonic() < deadline:
             time.sleep(0.05)  # the code server exits a moment after the webserver
         with contextlib.suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
@@ -298,7 +298,8 @@ class Webserver:
             process.wait(timeout=STOP_TIMEOUT_SECONDS)
 
 
-def _group_alive(group: int) -> bool:
+def process_group_alive(group: int) -> bool:
+    """Whether any process of `group` still runs (one we may not signal counts)."""
     try:
         os.killpg(group, 0)
     except ProcessLookupError:

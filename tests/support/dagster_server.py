@@ -45,6 +45,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from asset_watcher.demo import process_group_alive
 from tests.support.waiting import poll_value
 
 if TYPE_CHECKING:
@@ -378,7 +379,7 @@ class DagsterServer:
             # The code server may outlive the webserver for a moment: wait for the group to
             # empty, then kill whatever is left.
             try:
-                poll_value(lambda: _group_alive(pgid), lambda alive: not alive, timeout)
+                poll_value(lambda: process_group_alive(pgid), lambda alive: not alive, timeout)
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(pgid, signal.SIGKILL)
@@ -594,16 +595,6 @@ def _check_record(entry: Any, storage_id: int) -> CheckEvaluationRecord:
         storage_id=storage_id,
         timestamp=entry.timestamp,
     )
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @contextlib.contextmanager

@@ -15,6 +15,24 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Test files that drive the real watchdog observers. `nox -s extra` runs them again in the
+# Dagster environment, which has the other supported watchdog major (6; the lock gives 7).
+WATCH_MODE_TESTS = frozenset(
+    {
+        "tests/unit/test_observe.py",
+        "tests/unit/test_watchdog_hooks.py",
+        "tests/integration/test_agent.py",
+        "tests/integration/test_agent_hazards.py",
+        "tests/integration/test_agent_process.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.relative_to(REPO_ROOT).as_posix() in WATCH_MODE_TESTS:
+            item.add_marker(pytest.mark.watch)
+
 
 @pytest.fixture
 def drop(tmp_path: Path) -> Path:

@@ -1,9 +1,12 @@
 """A real ``dagster-webserver`` in a subprocess, plus read-back helpers for what it recorded.
 
-The webserver runs with a throwaway ``DAGSTER_HOME`` (default sqlite storage). The reading
-helpers open a fresh :class:`dagster.DagsterInstance` on that same home for every query, so
-each query sees every event the webserver has committed so far; they return plain Python
-values (lists, dicts, str, int...) that are convenient to assert on.
+The webserver runs from the Dagster environment (`tests/support/envs.py`), never from the
+agent's: the agent is tested on the versions its lock file gives an operator. It uses a
+throwaway ``DAGSTER_HOME`` (default sqlite storage). The reading helpers ask a probe process
+in the same Dagster environment (`tests/support/dagster_probe.py`), which opens a fresh
+``DagsterInstance`` on that home for every question, so each sees every event the webserver
+has committed so far; they return plain Python values (lists, dicts, str, int...) that are
+convenient to assert on.
 
 Facts verified against dagster / dagster-webserver 1.13.28 (see
 ``tests/integration/test_support_smoke.py`` for the executable proof):
@@ -18,8 +21,6 @@ Facts verified against dagster / dagster-webserver 1.13.28 (see
   with ``instance.event_log_storage.get_asset_check_execution_history`` (the table the UI
   uses, one row per evaluation) and ``get_records_for_run("", of_type=ASSET_CHECK_EVALUATION)``
   (the event log; storage ids comparable with materializations').
-  ``instance.get_event_records`` is deprecated in 1.13 (it emits a DeprecationWarning), so it
-  is not used.
 """
 
 from __future__ import annotations
@@ -28,32 +29,28 @@ import atexit
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import textwrap
+import threading
 import time
 import urllib.error
 import urllib.request
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from asset_watcher.demo import process_group_alive
+from tests.support.envs import dagster_python
 from tests.support.waiting import poll_value
 
-if TYPE_CHECKING:
-    from dagster import DagsterInstance
-
-
 DATA_VERSION_TAG = "dagster/data_version"
-RUNLESS_RUN_ID = ""  # run id of events reported through the REST API (no run)
 
 #: Instance config written to the throwaway DAGSTER_HOME.
 DEFAULT_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
@@ -146,15 +143,6 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def _plain_metadata(metadata: Any) -> tuple[dict[str, Any], dict[str, str]]:
-    values: dict[str, Any] = {}
-    types: dict[str, str] = {}
-    for key, value in (metadata or {}).items():
-        values[str(key)] = getattr(value, "value", value)
-        types[str(key)] = type(value).__name__
-    return values, types
-
-
 def _key_parts(asset_key: Sequence[str] | str) -> list[str]:
     if isinstance(asset_key, str):
         raise TypeError("pass asset key parts as a list (e.g. ['acme', 'orders']), not a string")
@@ -201,6 +189,8 @@ class DagsterServer:
         self._extra_args = list(extra_args)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: Any = None
+        self._probe: DagsterProbe | None = None
+        self._probe_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -288,6 +278,10 @@ class DagsterServer:
     def stop(self) -> None:
         """Terminate the webserver's process group (SIGTERM, then SIGKILL) and clean up."""
         atexit.unregister(self.stop)
+        with self._probe_lock:
+            probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close()
         self._terminate()
         self._cleanup_home()
 
@@ -296,7 +290,7 @@ class DagsterServer:
         env["DAGSTER_HOME"] = str(self.home)
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
-            sys.executable,
+            str(dagster_python()),
             "-m",
             "dagster_webserver",
             "--host",
@@ -422,24 +416,16 @@ class DagsterServer:
 
     # ------------------------------------------------------------------ read-back helpers
 
-    @contextlib.contextmanager
-    def instance(self) -> Iterator[DagsterInstance]:
-        """A fresh DagsterInstance on this server's DAGSTER_HOME (disposed on exit)."""
-        with _dagster_calls():
-            from dagster import DagsterInstance
-
-            inst = DagsterInstance.from_config(str(self.home))
-        try:
-            with _dagster_calls():
-                yield inst
-        finally:
-            with _dagster_calls():
-                inst.dispose()
+    def _ask(self, op: str, **question: Any) -> Any:
+        """One question to the probe (started on first use, in the Dagster environment)."""
+        with self._probe_lock:
+            if self._probe is None or self._probe.poll() is not None:
+                self._probe = DagsterProbe()
+            return self._probe.ask({"op": op, "home": str(self.home), **question})
 
     def all_asset_keys(self) -> list[list[str]]:
         """Every asset key with recorded events, as sorted lists of parts."""
-        with self.instance() as inst:
-            return sorted(list(key.path) for key in inst.all_asset_keys())
+        return [list(key) for key in self._ask("all_asset_keys")]
 
     def materializations(
         self, asset_key_parts: Sequence[str], partition: str | None = None
@@ -457,18 +443,11 @@ class DagsterServer:
         self, asset_key_parts: Sequence[str], check_name: str | None = None
     ) -> list[CheckEvaluationRecord]:
         """Runless check evaluations of the asset (of ``check_name``, else all), oldest first."""
-        parts = _key_parts(asset_key_parts)
-        with self.instance() as inst:
-            from dagster import DagsterEventType
-
-            conn = inst.event_log_storage.get_records_for_run(
-                RUNLESS_RUN_ID, of_type=DagsterEventType.ASSET_CHECK_EVALUATION, ascending=True
-            )
-            out = [_check_record(rec.event_log_entry, rec.storage_id) for rec in conn.records]
+        records = self._ask("check_evaluations", key=_key_parts(asset_key_parts))
         return [
-            r
-            for r in out
-            if r.asset_key == parts and (check_name is None or r.check_name == check_name)
+            CheckEvaluationRecord(**record)
+            for record in records
+            if check_name is None or record["check_name"] == check_name
         ]
 
     def check_execution_statuses(
@@ -478,13 +457,11 @@ class DagsterServer:
 
         E.g. ``["SUCCEEDED", "FAILED"]``; each reported evaluation adds one row.
         """
-        with self.instance() as inst:
-            from dagster import AssetCheckKey, AssetKey
-
-            history = inst.event_log_storage.get_asset_check_execution_history(
-                AssetCheckKey(AssetKey(_key_parts(asset_key_parts)), check_name), limit=100_000
+        return list(
+            self._ask(
+                "check_execution_statuses", key=_key_parts(asset_key_parts), check_name=check_name
             )
-            return [rec.status.value for rec in sorted(history, key=lambda rec: rec.id)]
+        )
 
     def wait_for_materializations(
         self,
@@ -534,77 +511,58 @@ class DagsterServer:
     def _asset_events(
         self, kind: str, asset_key_parts: Sequence[str], partition: str | None
     ) -> list[AssetEventRecord]:
-        parts = _key_parts(asset_key_parts)
-        with self.instance() as inst:
-            from dagster import AssetKey, AssetRecordsFilter
-
-            records_filter: Any = AssetKey(parts)
-            if partition is not None:
-                records_filter = AssetRecordsFilter(
-                    asset_key=AssetKey(parts), asset_partitions=[partition]
-                )
-            if kind == "materialization":
-                fetch = inst.fetch_materializations
-            else:
-                fetch = inst.fetch_observations
-            out: list[AssetEventRecord] = []
-            cursor: str | None = None
-            while True:
-                result = fetch(records_filter, limit=1000, cursor=cursor, ascending=True)
-                for rec in result.records:
-                    event = (
-                        rec.asset_materialization
-                        if kind == "materialization"
-                        else rec.asset_observation
-                    )
-                    if event is None:
-                        continue
-                    metadata, metadata_types = _plain_metadata(event.metadata)
-                    out.append(
-                        AssetEventRecord(
-                            kind=kind,
-                            asset_key=list(event.asset_key.path),
-                            partition=event.partition,
-                            description=event.description,
-                            metadata=metadata,
-                            metadata_types=metadata_types,
-                            tags=dict(event.tags or {}),
-                            run_id=rec.run_id,
-                            storage_id=rec.storage_id,
-                            timestamp=rec.timestamp,
-                        )
-                    )
-                if not result.has_more:
-                    return out
-                cursor = result.cursor
+        records = self._ask(
+            "asset_events", kind=kind, key=_key_parts(asset_key_parts), partition=partition
+        )
+        return [AssetEventRecord(**record) for record in records]
 
 
-def _check_record(entry: Any, storage_id: int) -> CheckEvaluationRecord:
-    evaluation = entry.dagster_event.event_specific_data
-    metadata, metadata_types = _plain_metadata(evaluation.metadata)
-    return CheckEvaluationRecord(
-        asset_key=list(evaluation.asset_key.path),
-        check_name=evaluation.check_name,
-        passed=bool(evaluation.passed),
-        severity=evaluation.severity.value,
-        metadata=metadata,
-        metadata_types=metadata_types,
-        partition=getattr(evaluation, "partition", None),
-        description=evaluation.description,
-        run_id=entry.run_id,
-        storage_id=storage_id,
-        timestamp=entry.timestamp,
-    )
+class DagsterProbe:
+    """`tests/support/dagster_probe.py` in the Dagster environment: one JSON line per
+    question and per answer. dagster is imported there once, never in this process."""
 
+    def __init__(self, timeout: float = 120.0) -> None:
+        self._proc = subprocess.Popen(
+            [str(dagster_python()), str(Path(__file__).with_name("dagster_probe.py"))],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            encoding="utf-8",
+        )
+        ready = self._read(timeout)
+        if ready != "ready":
+            raise DagsterServerError(f"the Dagster probe did not start: {ready!r}")
 
-@contextlib.contextmanager
-def _dagster_calls() -> Iterator[None]:
-    """Scope for dagster imports/calls in the test process (``filterwarnings = error``).
+    def poll(self) -> int | None:
+        return self._proc.poll()
 
-    Verified with 1.13.28: importing dagster and the calls used here emit no warnings and
-    leave the global filters alone, so nothing is filtered; ``catch_warnings`` only makes
-    sure dagster cannot change the process-wide filters. Should an upgrade start to warn,
-    add a narrow filter here (its category and message), never a blanket ignore.
-    """
-    with warnings.catch_warnings():
-        yield
+    def ask(self, question: dict[str, Any], timeout: float = 60.0) -> Any:
+        assert self._proc.stdin is not None
+        self._proc.stdin.write(json.dumps(question) + "\n")
+        self._proc.stdin.flush()
+        return self._read(timeout)
+
+    def _read(self, timeout: float) -> Any:
+        assert self._proc.stdout is not None
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        line = self._proc.stdout.readline() if ready else ""
+        if not line:
+            code = self._proc.poll()
+            raise DagsterServerError(f"the Dagster probe gave no answer (exit status {code})")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise DagsterServerError(f"the Dagster probe failed: {reply['error']}")
+        return reply["ok"]
+
+    def close(self) -> None:
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()

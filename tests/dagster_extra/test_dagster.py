@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -12,8 +11,6 @@ import pytest
 
 from asset_watcher.dagster import build_definitions
 from asset_watcher.errors import ConfigError
-
-PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 
 
 @pytest.fixture
@@ -135,17 +132,3 @@ def test_bad_config_is_a_config_error(tmp_path: Path, config_file: Callable[[str
     path = config_file(f'[[watch]]\npath = "{tmp_path}"\nasset_key = "a/{{nope}}"\n')
     with pytest.raises(ConfigError, match=r"watch\[1\]\.asset_key: unknown template field"):
         build_definitions(path)
-
-
-def test_only_dagster_module_imports_dagster() -> None:
-    importers = []
-    for module in sorted(PACKAGE.glob("*.py")):
-        for node in ast.walk(ast.parse(module.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
-            if any(name == "dagster" or name.startswith("dagster.") for name in names):
-                importers.append(module.name)
-    assert set(importers) == {"dagster.py"}

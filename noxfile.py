@@ -1,0 +1,68 @@
+"""The project's checks, one command: `nox` (what `.ci/run` calls).
+
+- `lint`: ruff and mypy.
+- `tests`: the whole default suite (tests/unit, tests/integration) in an environment built
+  from `requirements.lock`, the versions an operator installs (watchdog 7 on Python 3.11+),
+  plus the test tools from `requirements-dev.lock`. No dagster in it: the integration tests'
+  dagster-webserver and the probe that reads back what it recorded run from the Dagster
+  environment (`tests/support/envs.py`, built from `requirements-dagster.lock`).
+- `extra`: in that Dagster environment (which has watchdog 6, as dagster pins it), the
+  dagster extra's tests (`build_definitions`, `demo`) and every watch-mode test again, so
+  both supported watchdog majors run the watch-mode tests.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests", "extra"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+LOCKS = ("-r", "requirements.lock", "-r", "requirements-dev.lock")
+
+
+def _install_locked(session: nox.Session) -> None:
+    session.install("--require-hashes", *LOCKS)
+    session.install("--no-deps", "-e", ".")
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    _install_locked(session)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+    session.run("mypy", "asset_watcher")
+
+
+def _dagster_python(session: nox.Session) -> str:
+    output = session.run("python", "tests/support/envs.py", silent=True)
+    assert isinstance(output, str)
+    return output.strip().splitlines()[-1]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    _install_locked(session)
+    session.run("python", "-c", "import watchdog.version as v; print('watchdog', v.VERSION_STRING)")
+    dagster_python = _dagster_python(session)
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        *session.posargs,
+        env={"ASSET_WATCHER_TEST_DAGSTER_PYTHON": dagster_python},
+    )
+
+
+@nox.session(venv_backend="none")
+def extra(session: nox.Session) -> None:
+    dagster_python = _dagster_python(session)
+    env = {"ASSET_WATCHER_TEST_DAGSTER_PYTHON": dagster_python}
+    session.run(
+        dagster_python, "-c", "import watchdog.version as v; print('watchdog', v.VERSION_STRING)"
+    )
+    session.run(dagster_python, "-m", "pytest", "tests/dagster_extra", *session.posargs, env=env)
+    session.run(
+        dagster_python, "-m", "pytest", "-m", "watch", "tests/unit", "tests/integration", env=env
+    )

@@ -91,6 +91,15 @@ def test_demo_shows_a_dropped_file_with_its_checks_and_stops_cleanly(
     assert (tmp_path / "demo" / "config.toml").is_file()
     server = DagsterServer(home=tmp_path / "demo" / "dagster_home")
     server.port = port  # read back from the demo's webserver; this object does not own it
+    try:
+        check_the_demo(process, port, output, tmp_path, server)
+    finally:
+        server.stop()  # only its probe: the demo's webserver is not this object's
+
+
+def check_the_demo(
+    process: subprocess.Popen[bytes], port: int, output: Path, tmp_path: Path, server: DagsterServer
+) -> None:
 
     # build_definitions as loaded by the real webserver: keys and checks as configured.
     nodes = server.graphql(NODES_QUERY)["data"]["assetNodes"]

@@ -23,6 +23,7 @@ fallback, and reported in `HookStatus` so the caller keeps the promise another w
 from __future__ import annotations
 
 import contextlib
+import dis
 import errno
 import functools
 import importlib
@@ -83,6 +84,16 @@ HOOKED_NAMES: dict[int, dict[str, str]] = {
     },
 }
 
+# The names attach() replaces (with a wrapper around the original), per major.
+WRAPPED_NAMES: dict[int, list[str]] = {
+    6: [
+        f"{_C}:Inotify._parse_event_buffer",
+        f"{_C}:Inotify.read_events",
+        f"{_C}:Inotify._add_watch",
+    ],
+    7: [f"{_O}:InotifyWatchGroup.on_queue_overflow", f"{_C}:InotifyFD.add_callback"],
+}
+
 # Which hook needs which names (a hook attaches only when all of its names are there).
 _NEEDS: dict[int, dict[str, list[str]]] = {
     6: {
@@ -134,8 +145,9 @@ def watchdog_major() -> int | None:
 
 
 def resolve(name: str) -> tuple[Any, Any]:
-    """(owner, value) for "module:Class.attr"; value is the raw class __dict__ entry (a
-    staticmethod stays one), or the class itself. Raises LookupError when missing."""
+    """(owner, value) for "module:Class.attr"; value is the class's own __dict__ entry (a
+    staticmethod stays one), None for an instance attribute, or the class itself for
+    "module:Class". Raises LookupError when missing."""
     module_name, _, qualified = name.partition(":")
     try:
         owner: Any = importlib.import_module(module_name)
@@ -148,9 +160,9 @@ def resolve(name: str) -> tuple[Any, Any]:
             raise LookupError(f"{module_name}.{part} is missing")
     last = parts[-1]
     if isinstance(owner, type):
-        for klass in owner.__mro__:
-            if last in klass.__dict__:
-                return owner, klass.__dict__[last]
+        # The class's own: an inherited one (e.g. a Protocol's stub) is not what we wrap.
+        if last in owner.__dict__:
+            return owner, owner.__dict__[last]
         if _sets_attribute(owner, last):
             return owner, None
         raise LookupError(f"{module_name}.{qualified} is missing")
@@ -166,7 +178,9 @@ def _sets_attribute(klass: type, name: str) -> bool:
         return True
     for method in ("__init__", "on_thread_start"):
         code = getattr(klass.__dict__.get(method), "__code__", None)
-        if code is not None and name in code.co_names:
+        if code is not None and any(
+            i.opname == "STORE_ATTR" and i.argval == name for i in dis.get_instructions(code)
+        ):
             return True
     return False
 

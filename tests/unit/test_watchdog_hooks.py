@@ -4,12 +4,9 @@ with its fallback, and on real folders an overflow reaches the right Watch."""
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +15,10 @@ import pytest
 
 from asset_watcher import watchdog_hooks as hooks
 from asset_watcher.observe import Change, ChangeKind, Watch
+from tests.support.agent_run import burst, small_inotify_queue
 from tests.support.waiting import poll_until
 
 MAJOR = hooks.watchdog_major()
-QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
 
 linux_only = pytest.mark.skipif(not Path("/proc/sys/fs/inotify").is_dir(), reason="inotify")
 
@@ -145,31 +142,6 @@ class Changes:
     def has(self, kind: ChangeKind, path: Path) -> bool:
         with self.lock:
             return any(c.kind is kind and c.path == str(path) for c in self.items)
-
-
-@contextlib.contextmanager
-def small_inotify_queue(limit: int) -> Iterator[None]:
-    """fs.inotify.max_queued_events is read when an inotify instance is created: lowered
-    only while our watches start (the machine is shared), so only they overflow."""
-    try:
-        before = QUEUE_LIMIT.read_text()
-        QUEUE_LIMIT.write_text(str(limit))
-    except OSError as exc:
-        pytest.skip(f"cannot lower fs.inotify.max_queued_events: {exc}")
-    try:
-        yield
-    finally:
-        QUEUE_LIMIT.write_text(before)
-
-
-def burst(folder: Path, count: int) -> None:
-    """Files written by another process, so the writes do not wait for our reader."""
-    script = (
-        "import os, sys\n"
-        "for i in range(int(sys.argv[2])):\n"
-        "    with open(os.path.join(sys.argv[1], f'f{i:05}.csv'), 'w') as f: f.write('x')\n"
-    )
-    subprocess.run([sys.executable, "-c", script, str(folder), str(count)], check=True)
 
 
 @linux_only

@@ -458,7 +458,7 @@ class Agent:
         log.info(
             "watching %s with %s (%s)%s",
             display_path(plan.root),
-            state.kind,
+            watch.kind,  # polling when the inotify add guard could not attach
             plan.reason,
             "" if plan.recursive else ", not recursive",
         )

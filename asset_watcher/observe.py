@@ -8,10 +8,10 @@ With inotify only the events that matter are asked for: creations, renames, dele
 and close-after-write (no IN_MODIFY/IN_ATTRIB/IN_OPEN): a slow upload costs no events
 until it closes, and our own reads of a file do not echo back.
 
-watchdog 6 drops the kernel's IN_Q_OVERFLOW and swallows a failed watch on a new
-subfolder (FIELD-NOTES 6). We wrap two of its private functions to hear about both
-(`_install_inotify_hooks`); where a watchdog version lacks them we say so once and the
-periodic rescan remains the safety net.
+watchdog drops the kernel's IN_Q_OVERFLOW, swallows a failed watch on a new subfolder
+and may add a watch through a folder swapped for a link (FIELD-NOTES 6). What we do
+about it inside watchdog lives in `watchdog_hooks`; this module only asks it (listeners
+per root, the hook status) and never touches a private name itself.
 """
 
 from __future__ import annotations
@@ -23,13 +23,11 @@ import functools
 import logging
 import os
 import re
-import stat
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, AnyStr, Literal
+from typing import Literal
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -44,6 +42,11 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers.api import BaseObserver
+
+from asset_watcher import watchdog_hooks
+
+# Its home is watchdog_hooks (the add guard); the pipeline and scans import it from here.
+from asset_watcher.watchdog_hooks import through_link as through_link
 
 log = logging.getLogger(__name__)
 
@@ -196,137 +199,6 @@ def limit_advice(errno_: int | None) -> str:
     return os.strerror(errno_) if errno_ else "unknown error"
 
 
-# -- hooks into watchdog's inotify --------------------------------------------------------
-
-_hooks_lock = threading.Lock()
-_hooks_installed: bool | None = None  # None: not tried yet
-_overflow_listeners: set[Callable[[], None]] = set()
-_failure_listeners: set[Callable[[str, int], None]] = set()
-IN_Q_OVERFLOW = 0x4000
-IN_ONLYDIR = 0x01000000
-IN_DONT_FOLLOW = 0x02000000
-
-
-def through_link(root: AnyStr, path: AnyStr) -> bool:
-    """Whether a folder between `root` (excluded) and `path` (excluded) is a symbolic link
-    or no folder at all: then `path` does not lie in the tree we were asked to watch."""
-    sep = "/" if isinstance(path, str) else b"/"
-    prefix = root.rstrip(sep) + sep
-    if not path.startswith(prefix):
-        return False
-    parts = path[len(prefix) :].split(sep)[:-1]
-    current = root
-    for part in parts:
-        current = current.rstrip(sep) + sep + part
-        try:
-            if not stat.S_ISDIR(os.lstat(current).st_mode):
-                return True
-        except OSError:
-            return True
-    return False
-
-
-def _notify_overflow() -> None:
-    with _hooks_lock:
-        listeners = list(_overflow_listeners)
-    for listener in listeners:
-        listener()
-
-
-def _notify_failure(path: str, errno_: int) -> None:
-    with _hooks_lock:
-        listeners = list(_failure_listeners)
-    for listener in listeners:
-        listener(path, errno_)
-
-
-def _install_inotify_hooks() -> bool:
-    """Wrap `Inotify._parse_event_buffer` (sees the wd -1 overflow record watchdog then
-    skips) and `Inotify._add_watch` (sees ENOSPC for subfolders that watchdog then
-    ignores). Both wrappers pass everything through unchanged. Idempotent."""
-    global _hooks_installed
-    with _hooks_lock:
-        if _hooks_installed is not None:
-            return _hooks_installed
-        try:
-            from watchdog.observers import inotify_c
-        except ImportError:  # not Linux
-            _hooks_installed = False
-            return False
-        inotify = getattr(inotify_c, "Inotify", None)
-        parse = inotify.__dict__.get("_parse_event_buffer") if inotify else None
-        add = inotify.__dict__.get("_add_watch") if inotify else None
-        if not isinstance(parse, staticmethod) or not callable(add):
-            log.warning(
-                "this watchdog version offers no way to notice inotify queue overflows; "
-                "lost events are found by the periodic rescan (rescan_interval_seconds)"
-            )
-            _hooks_installed = False
-            return False
-        original_parse = parse.__func__
-
-        def parse_event_buffer(event_buffer: bytes) -> Iterator[tuple[int, int, int, bytes]]:
-            for wd, mask, cookie, name in original_parse(event_buffer):
-                if wd == -1 and mask & IN_Q_OVERFLOW:
-                    _notify_overflow()
-                yield wd, mask, cookie, name
-
-        @functools.wraps(add)
-        def add_watch(self: Any, path: bytes, mask: int) -> int:
-            # watchdog drops IN_DONT_FOLLOW from the mask once an event filter is given,
-            # so a subfolder swapped for a symbolic link (`rmdir d; ln -s /etc d`) would
-            # be followed and watched. Only the configured root may be a link.
-            mask |= IN_ONLYDIR
-            root = getattr(self, "_path", None)
-            try:
-                if path != root:
-                    mask |= IN_DONT_FOLLOW
-                    if isinstance(root, bytes) and through_link(root, path):
-                        raise OSError(errno.ENOTDIR, "a folder above it is a symbolic link")
-                return add(self, path, mask)  # type: ignore[no-any-return]
-            except OSError as exc:
-                if exc.errno == errno.ENOTDIR:  # a link or a file now: nothing to watch
-                    log.info(
-                        "not watching %s: not a folder (links are not followed)",
-                        os.fsdecode(path),
-                    )
-                else:
-                    _notify_failure(os.fsdecode(path), exc.errno or 0)
-                raise
-
-        read = inotify.__dict__.get("read_events")
-
-        @functools.wraps(read)  # type: ignore[arg-type]
-        def read_events(self: Any, *args: Any, **kwargs: Any) -> Any:
-            try:
-                return read(self, *args, **kwargs)  # type: ignore[misc]
-            except KeyError as exc:
-                # watchdog walks a new folder and then looks up each subfolder's watch;
-                # one that vanished or was refused (a link) is missing and its KeyError
-                # would end the emitter thread. The batch is lost: answer as for an
-                # overflow, with a rescan.
-                log.info("events lost while a new folder changed under watchdog: %r", exc)
-                _notify_overflow()
-                return []
-
-        inotify._parse_event_buffer = staticmethod(parse_event_buffer)  # type: ignore[union-attr]
-        inotify._add_watch = add_watch  # type: ignore[union-attr]
-        if callable(read):
-            inotify.read_events = read_events  # type: ignore[union-attr]
-        _hooks_installed = True
-        return True
-
-
-def _inotify_fds() -> set[int]:
-    fds = set()
-    with contextlib.suppress(OSError):
-        for name in os.listdir("/proc/self/fd"):
-            with contextlib.suppress(OSError):
-                if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:inotify":
-                    fds.add(int(name))
-    return fds
-
-
 # -- the handler and one watched folder ---------------------------------------------------
 
 _INOTIFY_EVENTS: list[type[FileSystemEvent]] = [
@@ -448,6 +320,7 @@ class Watch:
         self.put = put  # called on watchdog's thread: must only enqueue
         self.identity: tuple[int, int] | None = None
         self._observer: BaseObserver | None = None
+        self._unlisten: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"Watch({self.root!r}, {self.kind})"
@@ -468,16 +341,21 @@ class Watch:
             )
 
     def start(self) -> None:
-        """Put the watches in place; raises WatchError (watchdog's half-built inotify
-        instance is closed, so a failed attempt does not keep holding watches)."""
+        """Put the watches in place; raises WatchError (a failed attempt keeps holding no
+        inotify watches or descriptors)."""
         self.identity = _root_identity(self.root)
         if self.identity is None:
             raise WatchError(self.root, errno.ENOENT, f"{self.root} is not a folder (now)")
+        if self.kind == "inotify" and not watchdog_hooks.attach().has(watchdog_hooks.ADD_GUARD):
+            # Without the add guard watchdog could put a watch through a link planted
+            # below the root; polling lists each folder itself and never through a link.
+            # (attach() logged the ERROR once; this says which folder it costs.)
+            log.warning("watching %s by polling: the inotify add guard is missing", self.root)
+            self.kind = "polling"
         observer: BaseObserver
         if self.kind == "inotify":
             from watchdog.observers.inotify import InotifyObserver
 
-            _install_inotify_hooks()
             observer = InotifyObserver(generate_full_events=True)
             events = _INOTIFY_EVENTS
         else:
@@ -488,32 +366,29 @@ class Watch:
             observer = PollingObserverVFS(
                 os.lstat,
                 functools.partial(_list_folder, self.root),
-                polling_interval=self.poll_interval_seconds,  # type: ignore[arg-type]
+                polling_interval=self.poll_interval_seconds,  # type: ignore[arg-type, unused-ignore]
             )
             events = _POLLING_EVENTS
         handler = _Handler(self.root, self.kind == "polling", self.put)
         observer.schedule(handler, self.root, recursive=self.recursive, event_filter=events)
         if self.kind == "inotify":
-            with _hooks_lock:
-                _overflow_listeners.add(self._overflowed)
-                _failure_listeners.add(self._failed)
-        before = _inotify_fds() if self.kind == "inotify" else set()
+            self._unlisten = watchdog_hooks.listen(self.root, self._overflowed, self._failed)
+        before = watchdog_hooks.inotify_fds() if self.kind == "inotify" else set()
         try:
             observer.start()
         except OSError as exc:
-            self._unlisten()
-            # watchdog leaves the inotify fd of a failed Inotify() open, with every
-            # watch it managed to add before the error still counted against the limit.
-            for fd in _inotify_fds() - before:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            self._stop_listening()
+            with contextlib.suppress(Exception):
+                observer.stop()  # watchdog 7: closes the observer's own InotifyFD
+            if self.kind == "inotify":
+                watchdog_hooks.close_leaked_fds(before)
             raise WatchError(self.root, exc.errno, str(exc.strerror or exc)) from None
         self._observer = observer
 
-    def _unlisten(self) -> None:
-        with _hooks_lock:
-            _overflow_listeners.discard(self._overflowed)
-            _failure_listeners.discard(self._failed)
+    def _stop_listening(self) -> None:
+        unlisten, self._unlisten = self._unlisten, None
+        if unlisten is not None:
+            unlisten()
 
     def is_alive(self) -> bool:
         """Watching, with every emitter running, and the root still the same folder."""
@@ -525,30 +400,15 @@ class Watch:
         return _root_identity(self.root) == self.identity
 
     def add_folder_watches(self, folder: str) -> bool:
-        """Watch a folder tree that was moved in from outside (watchdog only watches
+        """Watch a folder tree that was moved in from outside (watchdog 6 only watches
         folders created in place). False when this watchdog gives no way to do it."""
         observer = self._observer
         if observer is None or self.kind != "inotify" or not self.recursive:
             return observer is not None
-        for emitter in list(observer.emitters):
-            inotify = getattr(getattr(emitter, "_inotify", None), "_inotify", None)
-            add_watch = getattr(inotify, "add_watch", None)
-            if add_watch is None:
-                return False
-            for current, dirnames, _ in os.walk(folder):
-                try:
-                    add_watch(os.fsencode(current))
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ENOTDIR):  # gone, or now a link
-                        dirnames[:] = []
-                        continue
-                    self._failed(current, exc.errno or 0)
-                    return True
-                dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(current, d))]
-        return True
+        return watchdog_hooks.watch_moved_in(observer, folder)
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> None:
-        self._unlisten()
+        self._stop_listening()
         observer, self._observer = self._observer, None
         if observer is None:
             return

@@ -23,9 +23,11 @@ from asset_watcher.errors import EXIT_FAILED
 from asset_watcher.outbox import DB_NAME
 from tests.support.agent_run import (
     barrier,
+    burst,
     poll_until,
     reported_paths,
     skip_without_file_leases,
+    small_inotify_queue,
     wait_reported,
     write,
 )
@@ -101,6 +103,39 @@ def test_folders_swapped_for_links_to_outside_are_never_reported(
     barrier(sink, drop)
     reported = [path for path in reported_paths(sink) if "zz-barrier-" not in path]
     assert reported == []
+
+
+def test_an_inotify_queue_overflow_during_a_burst_is_rescanned(
+    start: object, sink: Sink, drop: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A queue of 16 events (the agent's own inotify instance only) and 3,000 files from
+    another process: the kernel drops events, the hook hears the overflow and the rescan
+    it asks for reports the rest. Periodic rescans are off (rescan_interval_seconds = 0),
+    so only that rescan can find the files whose events were lost."""
+    with small_inotify_queue(16):
+        start()  # type: ignore[operator]
+    began = time.monotonic()
+    files = burst(drop, 3000)
+    rounds = iter(range(100))
+
+    def overflowed() -> bool:  # another burst while the reader kept up (a busy host)
+        if any("inotify event queue overflowed" in r.getMessage() for r in caplog.records):
+            return True
+        files.extend(burst(drop, 500, f"r{next(rounds)}-"))
+        return False
+
+    poll_until(overflowed, 60, what="an overflow")
+    written = time.monotonic()
+    expected = {str(path) for path in files}
+    poll_until(lambda: expected <= set(reported_paths(sink)), 120, interval=0.2, what="every file")
+    done = time.monotonic()
+    barrier(sink, drop)  # a duplicate would have been reported by now
+    reported = [p for p in reported_paths(sink) if p in expected]
+    assert sorted(reported) == sorted(expected)  # each exactly once
+    print(
+        f"{len(files)} files written in {written - began:.2f}s, "
+        f"all reported {done - written:.2f}s later"
+    )
 
 
 @pytest.mark.parametrize("same_tick", [False, True], ids=["round-trip-later", "same-tick"])

@@ -6,6 +6,7 @@ Everything waits on conditions with deadlines; nothing sleeps to synchronise.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
@@ -196,3 +197,35 @@ def tree(root: Path) -> Iterator[Path]:
     for current, _, files in os.walk(root):
         for name in files:
             yield Path(current) / name
+
+
+QUEUE_LIMIT = Path("/proc/sys/fs/inotify/max_queued_events")
+
+
+@contextlib.contextmanager
+def small_inotify_queue(limit: int) -> Iterator[None]:
+    """fs.inotify.max_queued_events is read when an inotify instance is created: lower it
+    only around starting the watches under test (the machine is shared), so only they
+    overflow. Skips where it cannot be written (not root, not Linux)."""
+    try:
+        before = QUEUE_LIMIT.read_text()
+        QUEUE_LIMIT.write_text(str(limit))
+    except OSError as exc:
+        pytest.skip(f"cannot lower fs.inotify.max_queued_events: {exc}")
+    try:
+        yield
+    finally:
+        QUEUE_LIMIT.write_text(before)
+
+
+def burst(folder: Path, count: int, prefix: str = "f") -> list[Path]:
+    """`count` small files written by another process, so the writes do not wait for the
+    observer's reader: with a small queue the kernel drops events."""
+    script = (
+        "import os, sys\n"
+        "for i in range(int(sys.argv[2])):\n"
+        "    with open(os.path.join(sys.argv[1], f'{sys.argv[3]}{i:05}.csv'), 'w') as f:\n"
+        "        f.write(f'{i}\\n')\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(folder), str(count), prefix], check=True)
+    return [folder / f"{prefix}{i:05}.csv" for i in range(count)]

@@ -10,18 +10,18 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
     "errors", "model", "logs", "systemd", "retry", "config", "metrics", "rules",
-    "fingerprint", "checks", "reports", "outbox", "scan", "settle", "observe", "http1", "reporter",
-    "pipeline", "dagster", "agent", "demo", "cli", "__main__",
+    "fingerprint", "checks", "reports", "outbox", "scan", "settle", "watchdog_hooks", "observe",
+    "http1", "reporter", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {
-    "watchdog": "observe",
-    "requests": "reporter",
-    "sqlite3": "outbox",
-    "pydantic": "config",
-    "pydantic_settings": "config",
-    "dagster": "dagster",
-    "prometheus_client": "metrics",
+    "watchdog": ("observe", "watchdog_hooks"),  # its private internals: watchdog_hooks only
+    "requests": ("reporter",),
+    "sqlite3": ("outbox",),
+    "pydantic": ("config",),
+    "pydantic_settings": ("config",),
+    "dagster": ("dagster",),
+    "prometheus_client": ("metrics",),
 }
 
 
@@ -58,5 +58,5 @@ def test_stages_import_only_earlier_stages() -> None:
 def test_each_third_party_library_lives_in_one_module() -> None:
     for module in ORDER:
         for name in imports_of(module):
-            home = THIRD_PARTY_HOMES.get(name.split(".")[0])
-            assert home in (None, module), f"{module} imports {name}; only {home} may"
+            homes = THIRD_PARTY_HOMES.get(name.split(".")[0])
+            assert homes is None or module in homes, f"{module} imports {name}; only {homes} may"

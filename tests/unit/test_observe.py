@@ -6,7 +6,6 @@ import errno
 import os
 import re
 import shutil
-import struct
 import subprocess
 import sys
 import threading
@@ -129,24 +128,6 @@ def test_start_on_a_missing_folder_raises(tmp_path: Path) -> None:
     with pytest.raises(WatchError) as caught:
         Watch(str(tmp_path / "missing"), "polling", lambda change: None).start()
     assert caught.value.errno == errno.ENOENT and not caught.value.is_limit
-
-
-@linux_only
-def test_overflow_record_reaches_the_listeners() -> None:
-    """watchdog skips the kernel's wd -1 record; the hook sees it first."""
-    from watchdog.observers import inotify_c
-
-    assert observe._install_inotify_hooks()
-    heard = threading.Event()
-    observe._overflow_listeners.add(heard.set)
-    try:
-        record = struct.pack("iIII", -1, observe.IN_Q_OVERFLOW, 0, 0)
-        normal = struct.pack("iIII", 3, 0x8, 0, 16) + b"name".ljust(16, b"\0")
-        parsed = list(inotify_c.Inotify._parse_event_buffer(normal + record))
-    finally:
-        observe._overflow_listeners.discard(heard.set)
-    assert heard.is_set()
-    assert [p[0] for p in parsed] == [3, -1]  # everything passed through unchanged
 
 
 def test_choose_observer(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from types import FrameType
 
-from asset_watcher import metrics, systemd
+from asset_watcher import metrics, systemd, watchdog_hooks
 from asset_watcher.config import Config, load_config
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
 from asset_watcher.logs import add_secret
@@ -56,6 +56,8 @@ STATUS_SECONDS = 10.0
 MAIN_WAIT_SECONDS = 0.1
 # At most one overflow warning per this many seconds (a flood overflows repeatedly).
 OVERFLOW_LOG_SECONDS = 10.0
+# Rescans of rules with rescan_interval_seconds = 0 where inotify overflows go unheard.
+OVERFLOW_FALLBACK_RESCAN_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -510,6 +512,12 @@ class Agent:
         """Periodic rescans: rescan_interval_seconds, or the poll interval for folders
         without a working watch."""
         intervals = {r.name: r.settings.rescan_interval_seconds or 0.0 for r in self.rules}
+        hooks = watchdog_hooks.status()
+        if hooks is not None and not hooks.has(watchdog_hooks.OVERFLOW):
+            # Overflows go unheard: a rule that never rescans would never find lost events.
+            for name, interval in intervals.items():
+                if not interval:
+                    intervals[name] = OVERFLOW_FALLBACK_RESCAN_SECONDS
         for state in self._watches.values():
             if state.degraded:
                 for name in state.plan.rule_names:

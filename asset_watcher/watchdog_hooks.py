@@ -48,7 +48,10 @@ MOVED_IN = "moved-in"  # a folder moved in from outside gets watches
 FD_HYGIENE = "fd-hygiene"  # a failed start leaves no inotify fd behind
 
 FALLBACKS = {
-    OVERFLOW: "lost events are found only by the periodic rescan (rescan_interval_seconds)",
+    OVERFLOW: (
+        "lost events are found only by the periodic rescan "
+        "(rescan_interval_seconds; hourly where it is 0)"
+    ),
     ADD_GUARD: "folders are watched with the polling observer, which never lists through a link",
     MOVED_IN: "the watch is restarted to cover a folder moved in",
     FD_HYGIENE: "a failed start is stopped through watchdog's API only",

@@ -5,8 +5,9 @@ first), the pipeline and the scanner, put the watches in place, tell systemd REA
 then run the catch-up scan. While running, the main thread only supervises: it restarts
 watches whose folder was deleted and re-created, answers a watch limit or a kernel
 queue overflow with rescans, pings the systemd watchdog while the pipeline threads are
-alive, and reloads the configuration on SIGHUP. Signals are handled here and only here;
-the handlers set events. Shutdown is one ordered list of phases under one timeout.
+alive, and reloads the configuration on SIGHUP. The signal handlers (signals.py) only
+set flags; the main loop reads them every iteration and turns them into the stop event
+or a reload. Shutdown is one ordered list of phases under one timeout.
 """
 
 from __future__ import annotations
@@ -16,12 +17,10 @@ import errno
 import logging
 import os
 import queue
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from types import FrameType
 
 from asset_watcher import metrics, systemd, watchdog_hooks
 from asset_watcher.config import Config, load_config
@@ -41,6 +40,7 @@ from asset_watcher.outbox import StateStore
 from asset_watcher.pipeline import Pipeline, Scanner
 from asset_watcher.reporter import Deliverer, Reporter
 from asset_watcher.rules import Rule, compile_rules
+from asset_watcher.signals import HangupCounter, SignalFlags, handle_signals
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ SUPERVISE_SECONDS = 1.0
 # How often a folder that could not be watched (limit reached) is tried again.
 WATCH_RETRY_SECONDS = 60.0
 STATUS_SECONDS = 10.0
-# The main thread's longest wait on the stop event: a reload request or a message from
-# the pipeline (a folder moved in, a watch failure) is acted on within this.
+# The main thread's longest wait on the stop event: a signal (stop, reload) or a message
+# from the pipeline (a folder moved in, a watch failure) is acted on within this.
 MAIN_WAIT_SECONDS = 0.1
 # At most one overflow warning per this many seconds (a flood overflows repeatedly).
 OVERFLOW_LOG_SECONDS = 10.0
@@ -175,12 +175,20 @@ def _thread(name: str, target: Callable[[], None]) -> threading.Thread:
 class Agent:
     """The running service; `run()` returns the exit status."""
 
-    def __init__(self, config: Config, *, config_path: str | None, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None,
+        stop: threading.Event,
+        signals: SignalFlags | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path or config.source or None
         self.stop_event = stop
-        self.reload_requested = threading.Event()
-        self._signal_name: str | None = None
+        # Set by the signal handlers (or by a test, as a handler would); read each loop.
+        self.signals = signals if signals is not None else SignalFlags()
+        self._hangups = HangupCounter(self.signals)
         self._controls: queue.SimpleQueue[Change] = queue.SimpleQueue()
         self._watches: dict[tuple[str, str, bool, float], _WatchState] = {}
         self._threads = _Threads()
@@ -190,30 +198,6 @@ class Agent:
         self._delivery_restart = False
         self.rules: list[Rule] = []
         self.exit_status = EXIT_OK
-
-    # -- signals -----------------------------------------------------------------------
-
-    def install_signal_handlers(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT stop, SIGHUP reloads. Returns a function restoring the old ones."""
-
-        def on_stop(signum: int, frame: FrameType | None) -> None:
-            self._signal_name = signal.Signals(signum).name
-            self.stop_event.set()
-
-        def on_hup(signum: int, frame: FrameType | None) -> None:
-            self.reload_requested.set()
-
-        previous = {
-            signal.SIGTERM: signal.signal(signal.SIGTERM, on_stop),
-            signal.SIGINT: signal.signal(signal.SIGINT, on_stop),
-            signal.SIGHUP: signal.signal(signal.SIGHUP, on_hup),
-        }
-
-        def restore() -> None:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-        return restore
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -331,7 +315,11 @@ class Agent:
         next_ping = now
         next_supervise = now + SUPERVISE_SECONDS
         next_status = now + STATUS_SECONDS
-        while not self.stop_event.is_set():
+        while True:
+            if self.signals.stop_requested:
+                self.stop_event.set()  # here, outside the handler: taking its lock is safe
+            if self.stop_event.is_set():
+                break
             now = time.monotonic()
             self._finish_delivery_restart()
             if not self._healthy():
@@ -347,8 +335,7 @@ class Agent:
                 systemd.watchdog_ping()
                 next_ping = now + interval
             self._handle_controls()
-            if self.reload_requested.is_set():
-                self.reload_requested.clear()
+            if self._hangups.take():  # however many SIGHUPs came, one reload
                 self._reload()
             if now >= next_supervise:
                 self._supervise(now)
@@ -360,8 +347,8 @@ class Agent:
             if interval is not None:
                 wait = min(wait, max(0.0, next_ping - time.monotonic()))
             self.stop_event.wait(wait)
-        if self._signal_name:
-            log.info("received %s, stopping", self._signal_name)
+        if self.signals.stop_signal:
+            log.info("received %s, stopping", self.signals.stop_signal)
 
     def _shutdown(self) -> None:
         """Stop watching, record files already settled, stop claiming reports, let the
@@ -644,17 +631,25 @@ def run_agent(
     config_path: str | None = None,
     stop: threading.Event | None = None,
     install_signals: bool = True,
+    signals: SignalFlags | None = None,
 ) -> int:
     """Run the service until `stop` is set or SIGTERM/SIGINT; SIGHUP reloads from
-    `config_path` (default: the file `config` came from). Returns the exit status."""
-    agent = Agent(config, config_path=config_path, stop=stop or threading.Event())
-    restore: Callable[[], None] = lambda: None  # noqa: E731
-    if install_signals and threading.current_thread() is threading.main_thread():
-        restore = agent.install_signal_handlers()
-    try:
-        return agent.run()
-    except AssetWatcherError as exc:
-        log.error("%s", exc)
-        return exc.exit_status
-    finally:
-        restore()
+    `config_path` (default: the file `config` came from). Returns the exit status.
+
+    The handlers are installed for the run (on the main thread) unless
+    `install_signals` is false or the caller installed them and passes its `signals`.
+    """
+    handlers: contextlib.AbstractContextManager[SignalFlags]
+    if signals is None and install_signals:
+        handlers = handle_signals()
+    else:
+        handlers = contextlib.nullcontext(signals if signals is not None else SignalFlags())
+    with handlers as flags:
+        agent = Agent(
+            config, config_path=config_path, stop=stop or threading.Event(), signals=flags
+        )
+        try:
+            return agent.run()
+        except AssetWatcherError as exc:
+            log.error("%s", exc)
+            return exc.exit_status

@@ -6,6 +6,7 @@ key (`watch[1].regex: ...`), so an operator fixes a broken file in one pass.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -213,13 +215,105 @@ CheckSettings = Annotated[
 CHECK_TYPES = ("size", "name_regex", "csv_header", "row_count", "json", "gzip")
 
 
+def _bracket_end(pattern: str, start: int) -> int:
+    """The index of the `]` closing the bracket expression opened at `start`, or -1 (a
+    lone `[` is literal). As in fnmatch: `]` right after `[` or `[!` is a member."""
+    j = start + 1
+    if j < len(pattern) and pattern[j] == "!":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    return pattern.find("]", j)
+
+
+def _check_ranges(pattern: str) -> None:
+    """A reversed range (`[z-a]`) is a mistake: say so rather than match nothing."""
+    i = 0
+    while i < len(pattern):
+        end = _bracket_end(pattern, i) if pattern[i] == "[" else -1
+        if end < 0:
+            i += 1
+            continue
+        body = pattern[i + 1 : end].removeprefix("!")
+        k = 0
+        while k < len(body):
+            if k + 2 < len(body) and body[k + 1] == "-":
+                low, high = body[k], body[k + 2]
+                if low > high:
+                    raise ValueError(
+                        f"invalid pattern {pattern!r}: reversed character range "
+                        f"{low}-{high} in {pattern[i : end + 1]}"
+                    )
+                k += 3
+            else:
+                k += 1
+        i = end + 1
+
+
+def glob_to_regex(glob: str) -> re.Pattern[str]:
+    """A glob over `/`-separated relative paths: `*` and `?` stay within one folder, `**`
+    spans folders (`**/` also matches no folder at all). Raises ValueError for a glob
+    that cannot be compiled (a reversed range): config load reports it as the key's
+    problem, so `explain`, `scan` and `run` never meet it."""
+    _check_ranges(glob)
+    out, i = [], 0
+    while i < len(glob):
+        char = glob[i]
+        end = _bracket_end(glob, i) if char == "[" else -1
+        if glob.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif glob.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif end >= 0:
+            body = glob[i + 1 : end]
+            if body.startswith("!"):
+                body = "^" + body[1:]
+            # Backslash, `[` and the set operators (&&, ~~, ||) are members, not syntax.
+            body = re.sub(r"([\\\[&~|])", r"\\\1", body)
+            out.append("[" + body + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    try:
+        return re.compile("".join(out) + r"\Z", re.DOTALL)
+    except re.error as exc:
+        raise ValueError(f"invalid glob {glob!r}: {exc}") from None
+
+
+def ignore_regex(patterns: Iterable[str]) -> re.Pattern[str]:
+    """One regex matching a path component that any of the fnmatch `patterns` match."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def _ignore_pattern(pattern: str) -> str:
+    _check_ranges(pattern)
+    try:
+        ignore_regex([pattern])
+    except re.error as exc:
+        raise ValueError(f"invalid pattern {pattern!r}: {exc}") from None
+    return pattern
+
+
+# An ignore pattern, checked alone: a problem names its index (`watch[1].ignore[2]`).
+IgnorePattern = Annotated[str, AfterValidator(_ignore_pattern)]
+
+
 class RuleDefaults(_Strict):
     """Settings every [[watch]] inherits unless it sets its own."""
 
     event: Literal["materialization", "observation"] = "materialization"
     hash: Literal["sha256", "blake2b", "md5", "sha1", "none"] = "sha256"
     settle_seconds: float = Field(2.0, ge=0)
-    ignore: list[str] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
+    ignore: list[IgnorePattern] = Field(default_factory=lambda: list(DEFAULT_IGNORE))
     recursive: bool = True
     observer: Literal["auto", "inotify", "polling"] = "auto"
     poll_interval_seconds: float = Field(5.0, gt=0)
@@ -249,7 +343,7 @@ class WatchRule(_Strict):
     event: Literal["materialization", "observation"] | None = None
     hash: Literal["sha256", "blake2b", "md5", "sha1", "none"] | None = None
     settle_seconds: float | None = Field(None, ge=0)
-    ignore: list[str] | None = None
+    ignore: list[IgnorePattern] | None = None
     recursive: bool | None = None
     observer: Literal["auto", "inotify", "polling"] | None = None
     poll_interval_seconds: float | None = Field(None, gt=0)
@@ -285,6 +379,7 @@ class WatchRule(_Strict):
     def _glob_relative(cls, glob: str) -> str:
         if not glob or glob.startswith("/"):
             raise ValueError("must be a non-empty pattern relative to `path`")
+        glob_to_regex(glob)  # raises ValueError naming what is wrong
         return glob
 
     @field_validator("regex", mode="before")

@@ -5,9 +5,11 @@ across runs, edit it freely), `./demo/state`, and a throwaway `./demo/dagster_ho
 webserver runs in its own process group, so it outlives neither the demo nor a Ctrl-C: the
 demo stops the watcher first, then the webserver and its code server.
 
-The demo owns SIGINT/SIGTERM for its whole life (the webserver start included, before any
-agent exists) and runs the agent with `install_signals=False`; the handlers only set the
-stop event. dagster itself is not imported here: the webserver subprocess loads
+The demo owns SIGINT/SIGTERM/SIGHUP for its whole life (the webserver start included,
+before any agent exists) through `signals.handle_signals`, and hands the flags to the
+agent, whose main loop stops on them. SIGHUP stops the demo too (its terminal closed):
+a reload would re-read ./demo/config.toml without the demo's own webserver URL. dagster
+itself is not imported here: the webserver subprocess loads
 `asset_watcher.dagster.build_definitions` from the generated `./demo/defs.py`.
 """
 
@@ -27,12 +29,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from asset_watcher.config import Config, load_config
 from asset_watcher.errors import AssetWatcherError
+from asset_watcher.signals import SignalFlags, handle_signals
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +226,13 @@ class Webserver:
                 start_new_session=True,  # Ctrl-C reaches the demo only; it stops the group
             )
 
-    def wait_ready(self, stop: threading.Event, timeout_seconds: float) -> bool:
-        """True once it serves with the code location loaded; False if stopped first."""
+    def wait_ready(
+        self, stop: threading.Event, timeout_seconds: float, signals: SignalFlags | None = None
+    ) -> bool:
+        """True once it serves with the code location loaded; False if stopped first
+        (`stop` set, or a stop signal flagged in `signals`)."""
         deadline = time.monotonic() + timeout_seconds
-        while not stop.is_set():
+        while not stop.is_set() and not (signals is not None and signals.stop_requested):
             self._raise_if_exited()
             if self._serving() and self._location_loaded():
                 return True
@@ -309,28 +314,6 @@ def process_group_alive(group: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT and SIGTERM only set `stop`; the previous handlers come back afterwards.
-
-    The handler sets the event from a new thread: it runs on the main thread, which may
-    hold the event's internal lock at that moment (Event.set would deadlock there).
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handle(_signum: int, _frame: object) -> None:
-        threading.Thread(target=stop.set, name="demo-signal", daemon=True).start()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _watch_webserver(webserver: Webserver, stop: threading.Event, died: threading.Event) -> None:
     """Stop the demo if the webserver dies under it (not when the demo stops it)."""
     process = webserver.process
@@ -358,7 +341,7 @@ def run_demo(
     config = config.model_copy(update={"dagster": config.dagster.model_copy(update={"url": url})})
     webserver = Webserver(layout, port)
     died = threading.Event()
-    with _stop_on_signals(stop):
+    with handle_signals(hangup="stop") as signals:
         print(f"starting dagster-webserver on {url} (log: {layout.webserver_log}) ...", flush=True)
         webserver.start()
         monitor = threading.Thread(
@@ -366,10 +349,10 @@ def run_demo(
         )
         status = 0
         try:
-            if webserver.wait_ready(stop, STARTUP_TIMEOUT_SECONDS):
+            if webserver.wait_ready(stop, STARTUP_TIMEOUT_SECONDS, signals):
                 monitor.start()
                 _print_banner(layout, url)
-                status = _run_watcher(config, layout.config, stop)
+                status = _run_watcher(config, layout.config, stop, signals)
         finally:
             stop.set()
             if monitor.is_alive():
@@ -393,7 +376,9 @@ def _print_banner(layout: DemoLayout, url: str) -> None:
     )
 
 
-def _run_watcher(config: Config, config_path: Path, stop: threading.Event) -> int:
+def _run_watcher(
+    config: Config, config_path: Path, stop: threading.Event, signals: SignalFlags
+) -> int:
     from asset_watcher.agent import run_agent
 
-    return run_agent(config, config_path=str(config_path), stop=stop, install_signals=False)
+    return run_agent(config, config_path=str(config_path), stop=stop, signals=signals)

@@ -15,43 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from asset_watcher.config import Config, WatchRule
+from asset_watcher.config import Config, WatchRule, glob_to_regex, ignore_regex
 from asset_watcher.model import EventKind, FileMatch, display_path
 
 
 def short_host_name() -> str:
     return socket.gethostname().split(".")[0]
-
-
-def glob_to_regex(glob: str) -> re.Pattern[str]:
-    """A glob over `/`-separated relative paths: `*` and `?` stay within one folder, `**`
-    spans folders (`**/` also matches no folder at all)."""
-    out, i = [], 0
-    while i < len(glob):
-        char = glob[i]
-        if glob.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif glob.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif char == "*":
-            out.append("[^/]*")
-            i += 1
-        elif char == "?":
-            out.append("[^/]")
-            i += 1
-        elif char == "[" and "]" in glob[i + 2 :]:
-            end = glob.index("]", i + 2)
-            body = glob[i + 1 : end]
-            if body.startswith("!"):
-                body = "^" + body[1:]
-            out.append("[" + body.replace("\\", "\\\\") + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(char))
-            i += 1
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -93,7 +62,7 @@ class Rule:
         patterns = self.settings.ignore or []
         if not patterns:
             return None
-        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+        return ignore_regex(patterns)
 
     def ignores(self, name: str) -> str | None:
         """The ignore pattern matching one path component (file or folder name), if any."""

@@ -62,6 +62,20 @@ def _count(sink: Sink, path: Path) -> int:
     return reported_paths(sink).count(str(path))
 
 
+def test_the_main_loop_turns_a_stop_flag_into_a_graceful_stop(
+    start: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The handlers only set `stop_signal`; the loop sets the stop event itself."""
+    caplog.set_level(logging.INFO, logger="asset_watcher")
+    agent = start()
+    agent.signals.stop_signal = "SIGTERM"  # what the SIGTERM handler does
+    thread = agent.thread
+    assert thread is not None
+    poll_until(lambda: not thread.is_alive(), 15, what="agent stopped")
+    assert agent.stop.is_set() and agent.status == [0]
+    assert "received SIGTERM, stopping" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("observer", "settle", "pause"),
     [

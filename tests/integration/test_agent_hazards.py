@@ -215,7 +215,7 @@ def test_reload_with_a_new_dagster_timeout_sends_nothing_twice(
     slow = write(drop / "slow.csv")
     wait_reported(sink, slow)  # arrived, answer due in 2.5 s
     (tmp_path / "config.toml").write_text(config_text(sink, tmp_path, drop, timeout=1))
-    running.agent.reload_requested.set()  # what SIGHUP does
+    running.agent.signals.hangups += 1  # what the SIGHUP handler does
     sink.set_delay(0)
     poll_until(lambda: "delivery restarted with the new" in caplog.text, 15, what="restart")
     barrier(sink, drop)

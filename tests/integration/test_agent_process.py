@@ -4,6 +4,7 @@ a real inotify queue overflow, and a real inotify watch limit."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import socket
@@ -123,6 +124,40 @@ def test_sighup_reloads_a_good_configuration_and_keeps_the_old_one_on_a_broken_o
     wait_reported(sink, write(other / "still-watched-too.csv"))
     agent.signal(signal.SIGTERM)
     assert agent.wait() == 0
+
+
+def test_a_storm_of_sighups_while_files_flow_then_sigterm_exits_0_reporting_each_once(
+    tmp_path: Path, sink: Sink, drop: Path, processes: list[AgentProcess]
+) -> None:
+    """Hundreds of SIGHUPs land on a working agent (its handlers only count them; the main
+    loop reloads once per batch): it keeps reporting, every file exactly once, and still
+    stops cleanly on SIGTERM."""
+    rounds, hangups_per_round, files_per_round = 6, 50, 10
+    config = tmp_path / "config.toml"
+    config.write_text(config_text(sink, tmp_path / "state", rule(drop)))
+    agent = spawn(processes, config)
+    agent.wait_ready()  # the handlers are in place: a SIGHUP no longer kills it
+    barrier(sink, drop)
+    files: list[Path] = []
+    for round_ in range(rounds):
+        reloads = agent.log().count("configuration reloaded")
+        for i in range(hangups_per_round):
+            os.kill(agent.pid, signal.SIGHUP)
+            if i % (hangups_per_round // files_per_round) == 0:
+                files.append(write(drop / f"storm-{round_}-{i:02d}.csv", f"{round_},{i}\n"))
+        # Files flow while it reloads: the next round starts once this one's reload ran.
+        agent.wait_log("configuration reloaded", timeout=15, count=reloads + 1)
+    assert len(files) == rounds * files_per_round
+    poll_until(
+        lambda: {str(f) for f in files} <= set(reported_paths(sink)), 30, what="all reported"
+    )
+    agent.signal(signal.SIGTERM)
+    assert agent.wait(timeout=30) == 0
+    log = agent.log()
+    assert "received SIGTERM, stopping" in log
+    assert "Traceback" not in log
+    paths = reported_paths(sink)
+    assert {str(f): paths.count(str(f)) for f in files} == {str(f): 1 for f in files}
 
 
 def test_sd_notify_messages_on_a_real_notify_socket(

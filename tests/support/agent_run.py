@@ -24,6 +24,7 @@ import pytest
 
 from asset_watcher.agent import run_agent
 from asset_watcher.config import Config
+from asset_watcher.signals import SignalFlags
 from tests.support.sink import RecordedRequest, Sink
 from tests.support.waiting import poll_until
 
@@ -53,12 +54,13 @@ class InProcessAgent:
 
     config: Config
     stop: threading.Event = field(default_factory=threading.Event)
+    signals: SignalFlags = field(default_factory=SignalFlags)  # set as a handler would
     status: list[int] = field(default_factory=list)
     thread: threading.Thread | None = None
 
     def start(self) -> InProcessAgent:
         def body() -> None:
-            self.status.append(run_agent(self.config, stop=self.stop, install_signals=False))
+            self.status.append(run_agent(self.config, stop=self.stop, signals=self.signals))
 
         self.thread = threading.Thread(target=body, name="test-agent")
         self.thread.start()

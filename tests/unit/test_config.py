@@ -9,6 +9,7 @@ import pytest
 
 from asset_watcher.config import load_config
 from asset_watcher.errors import ConfigError
+from tests.conftest import CliRun
 
 
 def problems_of(path: Path) -> list[str]:
@@ -261,3 +262,64 @@ def test_duplicate_names_come_out_with_the_other_problems(
     assert not any(p.startswith("watch[1].asset_key") for p in problems)  # not a 2nd symptom
     assert any(p.startswith("watch[2].event") for p in problems)
     assert any(p.startswith("watch[2].name: duplicate rule name") for p in problems)
+
+
+def test_a_reversed_range_in_a_glob_or_an_ignore_pattern_names_its_key(
+    config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    path = config_file(
+        f"""
+        [defaults]
+        ignore = [".*", "[9-0]*"]
+        [[watch]]
+        path = "{tmp_path}"
+        glob = "[z-a].csv"
+        asset_key = "a"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "b"
+        ignore = ["*.tmp", "[!z-b]"]
+        """
+    )
+    problems = problems_of(path)
+    assert problems == [
+        "defaults.ignore[2]: invalid pattern '[9-0]*': reversed character range 9-0 in [9-0]",
+        "watch[1].glob: invalid pattern '[z-a].csv': reversed character range z-a in [z-a]",
+        "watch[2].ignore[2]: invalid pattern '[!z-b]': reversed character range z-b in [!z-b]",
+    ]
+
+
+@pytest.mark.parametrize(
+    "glob", ["[ab]*.csv", "[!a-c]?.csv", "[]]x", "[!]x]", "[a-]", "[a&&b]", "[[:x:]]", "a["]
+)
+def test_globs_that_compile_are_accepted(
+    config_file: Callable[[str], Path], tmp_path: Path, glob: str
+) -> None:
+    path = config_file(f'[[watch]]\npath = "{tmp_path}"\nglob = {glob!r}\nasset_key = "a"\n')
+    assert load_config(path).watch[0].glob == glob
+
+
+@pytest.mark.parametrize("command", [["check-config"], ["explain", "a.csv"], ["scan"]])
+def test_an_invalid_glob_exits_2_naming_the_key_without_a_traceback(
+    cli: CliRun, config_file: Callable[[str], Path], tmp_path: Path, command: list[str]
+) -> None:
+    path = config_file(
+        f"""
+        [state]
+        directory = "{tmp_path / "state"}"
+        [[watch]]
+        path = "{tmp_path}"
+        glob = "[z-a].csv"
+        asset_key = "a"
+        ignore = ["[9-0]*"]
+        """
+    )
+    if command[0] == "explain":
+        command = ["explain", str(tmp_path / "z.csv")]
+    result = cli("-c", str(path), *command)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.startswith("asset-watcher: watch[1].glob: ") for line in lines), lines
+    assert any(line.startswith("asset-watcher: watch[1].ignore[1]: ") for line in lines), lines
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""

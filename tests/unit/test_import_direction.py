@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
-    "errors", "model", "logs", "systemd", "retry", "config", "metrics", "rules",
+    "errors", "model", "logs", "systemd", "signals", "retry", "config", "metrics", "rules",
     "fingerprint", "checks", "reports", "outbox", "scan", "settle", "watchdog_hooks", "observe",
     "http1", "reporter", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip

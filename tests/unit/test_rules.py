@@ -27,10 +27,23 @@ from asset_watcher.rules import Rule, compile_rules, explain, glob_to_regex, own
         ("[ab]*.txt", "b1.txt", True),
         ("[!ab]*.txt", "b1.txt", False),
         ("a+b (1).csv", "a+b (1).csv", True),
+        # As in fnmatch: `]` first in a set is a member; set operators are plain members.
+        ("[!]x].csv", "y.csv", True),
+        ("[!]x].csv", "].csv", False),
+        ("[]x].csv", "].csv", True),
+        ("[a&&b].csv", "&.csv", True),
+        ("[a||b].csv", "|.csv", True),
+        ("[[x].csv", "[.csv", True),
     ],
 )
 def test_glob(glob: str, path: str, matches: bool) -> None:
     assert bool(glob_to_regex(glob).match(path)) is matches
+
+
+@pytest.mark.parametrize("glob", ["[z-a].csv", "x/[!9-0]*", "[a--b]"])
+def test_a_reversed_range_is_an_invalid_glob(glob: str) -> None:
+    with pytest.raises(ValueError, match="reversed character range"):
+        glob_to_regex(glob)
 
 
 @pytest.fixture

@@ -247,8 +247,10 @@ class DrainSummary:
     set_aside: int = 0  # repeated partitioned check evaluations (SPEC 6)
     paused: bool = False
     # What left reports undelivered or dead at the end (an error retried and then
-    # recovered from is not named), or None.
+    # recovered from is not named), or None: `pending_error` or else `dead_error`.
     last_error: str | None = None
+    pending_error: str | None = None  # the pause, or the latest failure still pending
+    dead_error: str | None = None  # the latest dead letter's
 
 
 @dataclass(frozen=True)
@@ -372,18 +374,20 @@ class Deliverer:
             finally:
                 self._stop_senders(jobs, workers)
                 self._serving.release()
-        summary.last_error = self._what_is_left()
+        summary.pending_error = self._pending_error()
+        summary.dead_error = self._dead_error
+        summary.last_error = summary.pending_error or summary.dead_error
         return summary
 
-    def _what_is_left(self) -> str | None:
-        """The error that left reports undelivered (a pause, the latest failure of a
-        report still pending) or, failing that, the latest dead letter's."""
+    def _pending_error(self) -> str | None:
+        """The error that left reports undelivered: a pause, or the latest failure of a
+        report still pending."""
         if self._summary.paused and self._pause_message:
             return self._pause_message
         if self._unresolved:
             *_, latest = self._unresolved.values()
             return latest
-        return self._dead_error
+        return None
 
     def _loop(
         self,

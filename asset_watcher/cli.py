@@ -442,7 +442,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         what = f"check {entry['check_name']}" if entry["check_name"] else entry["event"]
         print(f"  set aside {what} of {'/'.join(entry['asset_key'])}{partition}: {entry['reason']}")
     if counts.set_aside > len(set_aside):
-        print(f"  ... and {counts.set_aside - len(set_aside)} more set aside (older first)")
+        print(f"  ... and {counts.set_aside - len(set_aside)} more set aside before those")
     return EXIT_OK
 
 

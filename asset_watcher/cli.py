@@ -14,7 +14,7 @@ from typing import Any
 from asset_watcher import __version__
 from asset_watcher.config import Config, dump_json, load_config
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE, AssetWatcherError, ConfigError
-from asset_watcher.logs import setup_logging
+from asset_watcher.logs import note, setup_logging
 
 log = logging.getLogger("asset_watcher")
 
@@ -124,10 +124,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     except ConfigError as exc:
         for problem in exc.problems:
-            print(f"asset-watcher: {problem}", file=sys.stderr)
+            note(problem, logging.ERROR)
         return EXIT_USAGE
     except AssetWatcherError as exc:
-        print(f"asset-watcher: {exc}", file=sys.stderr)
+        note(str(exc), logging.ERROR)
         return exc.exit_status
     except KeyboardInterrupt:
         return 130
@@ -174,27 +174,36 @@ def cmd_scan(args: argparse.Namespace) -> int:
         store = StateStore(state_dir)
     with store:
         printer = _ReportPrinter(config, as_json=args.json, dry_run=args.dry_run)
-        progress = _progress_printer() if sys.stderr.isatty() and not args.json else None
+        show_progress = sys.stderr.isatty() and not args.json and args.log_format != "json"
+        progress = _progress_printer() if show_progress else None
         result = scan(
             rules, store, force=args.force, dry_run=args.dry_run, emit=printer, progress=progress
         )
         if progress is not None:
             print(file=sys.stderr)
+        scanned = {
+            "files_seen": result.files_seen,
+            "reported": result.reported,
+            "unchanged": result.unchanged,
+            "skipped": result.skipped,
+        }
         summary = (
             f"{result.files_seen} files seen, {result.reported} reported, "
             f"{result.unchanged} unchanged, {result.skipped} skipped"
         )
         if args.dry_run:
-            print(f"dry run: {summary}; nothing sent or recorded", file=sys.stderr)
+            note(f"dry run: {summary}; nothing sent or recorded", dry_run=True, **scanned)
             return EXIT_OK
-        return _deliver_and_summarize(config, store, summary)
+        return _deliver_and_summarize(config, store, summary, scanned)
 
 
-def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
+def _deliver_and_summarize(
+    config: Config, store: Any, summary: str, scanned: dict[str, int]
+) -> int:
     """Deliver, print a summary; exit 1 when reports of this or earlier runs are still
     pending or this run dead-lettered some (older dead letters alone do not fail a run:
     `status` shows them)."""
-    delivered, last_error = 0, None
+    delivered, set_aside, pending_error, dead_error = 0, 0, None, None
     before = store.counts()
     dead_before = before.dead
     if before.pending:  # an idle rescan never loads the HTTP stack
@@ -206,21 +215,38 @@ def _deliver_and_summarize(config: Config, store: Any, summary: str) -> int:
             delivery = Deliverer(store, reporter).drain(patience)
         finally:
             reporter.close()
-        delivered, last_error = delivery.delivered, delivery.last_error
+        delivered, set_aside = delivery.delivered, delivery.set_aside
+        pending_error, dead_error = delivery.pending_error, delivery.dead_error
     counts = store.counts()
-    print(
-        f"{summary}; {delivered} delivered, {counts.pending} pending, {counts.dead} dead",
-        file=sys.stderr,
+    aside = f", {set_aside} set aside" if set_aside else ""
+    note(
+        f"{summary}; {delivered} delivered, {counts.pending} pending, {counts.dead} dead{aside}",
+        **scanned,
+        delivered=delivered,
+        pending=counts.pending,
+        dead=counts.dead,
+        set_aside=set_aside,
     )
-    if dead_before:
-        print(
-            f"asset-watcher: {dead_before} report(s) were dead-lettered before this run; "
-            "`asset-watcher status` lists them, `asset-watcher retry-dead` requeues them",
-            file=sys.stderr,
+    if set_aside:
+        note(
+            f"{set_aside} repeated partitioned check evaluation(s) set aside (Dagster keeps "
+            "one per asset, check and partition); `asset-watcher status` lists them",
+            logging.WARNING,
         )
-    if counts.pending or counts.dead > dead_before:
-        if last_error:
-            print(f"asset-watcher: last delivery error: {last_error}", file=sys.stderr)
+    if dead_before:
+        note(
+            f"{dead_before} report(s) were dead-lettered before this run; "
+            "`asset-watcher status` lists them, `asset-watcher retry-dead` requeues them",
+            logging.WARNING,
+        )
+    dead_now = counts.dead - dead_before
+    if counts.pending or dead_now > 0:
+        if counts.pending:
+            why = f": {pending_error}" if pending_error else " (not attempted in this run)"
+            note(f"{counts.pending} report(s) left undelivered{why}", logging.ERROR)
+        if dead_now > 0:
+            why = f", the latest: {dead_error}" if dead_error else ""
+            note(f"{dead_now} report(s) dead-lettered by Dagster in this run{why}", logging.ERROR)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -282,7 +308,7 @@ def _progress_printer() -> Callable[[int], None]:
 def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args)
     print(dump_json(config.redacted()))
-    print(f"configuration {config.source} is valid: {len(config.watch)} rule(s)", file=sys.stderr)
+    note(f"configuration {config.source} is valid: {len(config.watch)} rule(s)")
     return EXIT_OK
 
 
@@ -351,6 +377,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         last_error_at = store.meta("last_error_at")
         last_success = store.meta("last_success")
         dead = store.dead_letter_items(STATUS_DEAD_LISTED)
+        aside = store.set_aside_items(STATUS_DEAD_LISTED)
     age = time.time() - counts.oldest_pending_at if counts.oldest_pending_at else None
     dead_letters = []
     for letter in dead:
@@ -364,22 +391,41 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "error": letter.error,
             }
         )
+    set_aside = []
+    for entry in aside:
+        key, partition = order_key_parts(entry.order_key)
+        try:
+            check_name = json.loads(entry.body).get("check_name")
+        except (ValueError, AttributeError):
+            check_name = None
+        set_aside.append(
+            {
+                "event": entry.kind.value,
+                "asset_key": list(key),
+                "partition": partition,
+                "check_name": check_name,
+                "set_aside_at": entry.set_aside_at,
+                "reason": entry.reason,
+            }
+        )
     data = {
         "state_directory": str(config.state.resolved_directory()),
         "tracked_files": counts.tracked_files,
         "pending": counts.pending,
         "dead": counts.dead,
+        "set_aside": counts.set_aside,
         "oldest_pending_age_seconds": round(age, 3) if age is not None else None,
         "last_success_at": float(last_success) if last_success else None,
         "last_error": last_error,
         "last_error_at": float(last_error_at) if last_error_at else None,
         "dead_letters": dead_letters,
+        "set_aside_reports": set_aside,
     }
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
         return EXIT_OK
     for name, value in data.items():
-        if name == "dead_letters":
+        if name in ("dead_letters", "set_aside_reports"):
             continue
         if name.endswith("_at") and isinstance(value, float):
             value = f"{_iso_local(value)} ({time.time() - value:.0f}s ago)"
@@ -391,6 +437,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     if counts.dead > len(dead_letters):
         print(f"  ... and {counts.dead - len(dead_letters)} more dead letter(s)")
+    for entry in set_aside:
+        partition = f" [{entry['partition']}]" if entry["partition"] else ""
+        what = f"check {entry['check_name']}" if entry["check_name"] else entry["event"]
+        print(f"  set aside {what} of {'/'.join(entry['asset_key'])}{partition}: {entry['reason']}")
+    if counts.set_aside > len(set_aside):
+        print(f"  ... and {counts.set_aside - len(set_aside)} more set aside before those")
     return EXIT_OK
 
 
@@ -466,7 +518,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if answer.verdict is Verdict.DELIVERED:
         print(f"reported {kind.value} of {'/'.join(key)}")
         return EXIT_OK
-    print(f"asset-watcher: not delivered: {answer.detail}", file=sys.stderr)
+    note(f"not delivered: {answer.detail}", logging.ERROR)
     return EXIT_FAILED
 
 

@@ -39,3 +39,9 @@ class StateLockedError(AssetWatcherError):
 
 class StateError(AssetWatcherError):
     """The state database cannot be opened or written (full disk, permissions, corruption)."""
+
+
+class StateVersionError(StateError):
+    """The state database was written by a newer release; it is left as it is."""
+
+    exit_status = EXIT_USAGE

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 
 REDACTED = "**********"
+_format = "text"  # of the handler setup_logging installed last
 
 
 class RedactingFormatter(logging.Formatter):
@@ -38,6 +39,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            entry.update({k: v for k, v in fields.items() if k not in entry})
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -45,6 +49,8 @@ class JsonFormatter(logging.Formatter):
 
 def setup_logging(level: str = "info", fmt: str = "text", secrets: Iterable[str] = ()) -> None:
     """Send logs to stderr (journald takes them); call again to add newly known secrets."""
+    global _format
+    _format = fmt
     inner: logging.Formatter
     if fmt == "json":
         inner = JsonFormatter()
@@ -72,3 +78,17 @@ def add_secret(secret: str) -> None:
         ours = getattr(handler, "_asset_watcher", False)
         if ours and isinstance(formatter, RedactingFormatter) and secret not in formatter.secrets:
             formatter.secrets.append(secret)
+
+
+def note(message: str, level: int = logging.INFO, **fields: object) -> None:
+    """A line for the person at the terminal (a summary, a hint, an error) on stderr,
+    whatever --log-level says: as it is with text logs; with JSON logs one JSON line with
+    `fields` added, so that everything on stderr is JSON lines then."""
+    if _format != "json":
+        print(f"asset-watcher: {message}" if level >= logging.WARNING else message, file=sys.stderr)
+        return
+    logger = logging.getLogger("asset_watcher")
+    record = logger.makeRecord(
+        logger.name, level, "(note)", 0, "%s", (message,), None, extra={"fields": fields}
+    )
+    logger.handle(record)  # not filtered by level: text mode prints it too

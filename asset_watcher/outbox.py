@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from asset_watcher.errors import StateError, StateLockedError
+from asset_watcher.errors import StateError, StateLockedError, StateVersionError
 from asset_watcher.model import EventKind, FileStat, Report
 
 log = logging.getLogger(__name__)
@@ -35,44 +35,75 @@ LOCK_NAME = "lock"
 # How often `ack_many` refreshes the time of the last delivery (see there).
 LAST_SUCCESS_EVERY_SECONDS = 1.0
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    dir BLOB NOT NULL,
-    name BLOB NOT NULL,
-    rule TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    inode INTEGER NOT NULL,
-    ctime_ns INTEGER NOT NULL,
-    stat_key INTEGER NOT NULL,
-    digest TEXT,
-    reported_at REAL NOT NULL,
-    PRIMARY KEY (dir, name)
-) WITHOUT ROWID;
--- Recognises a move whose two halves inotify could not pair (into a new folder).
-CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    order_key TEXT NOT NULL,
-    body TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL DEFAULT 0,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_by_order_key ON outbox (order_key, id);
-CREATE TABLE IF NOT EXISTS dead (
-    id INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    order_key TEXT NOT NULL,
-    body TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    failed_at REAL NOT NULL,
-    error TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
+# The schema, as numbered migrations: each one's statements run in the one transaction
+# that brings a database up to SCHEMA_VERSION, which `PRAGMA user_version` then records.
+# Version 1 is the schema of the releases before the version was recorded (their
+# databases say 0); its statements create nothing that is already there, so on such a
+# database they change nothing. Append new migrations; never edit a released one.
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    1: (
+        """CREATE TABLE IF NOT EXISTS files (
+            dir BLOB NOT NULL,
+            name BLOB NOT NULL,
+            rule TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            inode INTEGER NOT NULL,
+            ctime_ns INTEGER NOT NULL,
+            stat_key INTEGER NOT NULL,
+            digest TEXT,
+            reported_at REAL NOT NULL,
+            PRIMARY KEY (dir, name)
+        ) WITHOUT ROWID""",
+        # Recognises a move whose two halves inotify could not pair (into a new folder).
+        "CREATE INDEX IF NOT EXISTS files_by_inode ON files (inode)",
+        """CREATE TABLE IF NOT EXISTS outbox (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            order_key TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt_at REAL NOT NULL DEFAULT 0,
+            last_error TEXT
+        )""",
+        "CREATE INDEX IF NOT EXISTS outbox_by_order_key ON outbox (order_key, id)",
+        """CREATE TABLE IF NOT EXISTS dead (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            order_key TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            failed_at REAL NOT NULL,
+            error TEXT NOT NULL
+        )""",
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    ),
+    2: (
+        # Partitioned check evaluations Dagster holds (it keeps one per asset, check and
+        # partition, SPEC 6): a repeat is not sent.
+        """CREATE TABLE check_evaluations (
+            order_key TEXT NOT NULL,
+            check_name TEXT NOT NULL,
+            recorded_at REAL NOT NULL,
+            PRIMARY KEY (order_key, check_name)
+        ) WITHOUT ROWID""",
+        # Reports taken out of the outbox without a 2xx that are not Dagster's rejections
+        # (not dead letters, not requeued by retry-dead), with the reason, for `status`.
+        """CREATE TABLE set_aside (
+            id INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL,
+            order_key TEXT NOT NULL,
+            body TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            set_aside_at REAL NOT NULL,
+            reason TEXT NOT NULL
+        )""",
+    ),
+}
+SCHEMA_VERSION = max(MIGRATIONS)
+# Set-aside reports kept for `status`; older ones are dropped.
+SET_ASIDE_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,7 @@ class OutboxItem:
     body: str  # the JSON text exactly as it will be sent
     created_at: float
     attempts: int
+    last_error: str | None = None  # of its latest failed attempt
 
 
 @dataclass(frozen=True)
@@ -109,6 +141,20 @@ class DeadLetter:
     error: str
 
 
+@dataclass(frozen=True)
+class SetAside:
+    """A report taken out of the outbox without a 2xx that is no rejection (SPEC 6: a
+    partitioned check evaluation Dagster already holds), kept for `status`."""
+
+    id: int
+    kind: EventKind
+    order_key: str
+    body: str
+    created_at: float
+    set_aside_at: float
+    reason: str
+
+
 def order_key_parts(order_key: str) -> tuple[tuple[str, ...], str | None]:
     """(asset key parts, partition or None) back from a stored order key."""
     key, _, partition = order_key.partition("\x1e")
@@ -121,6 +167,7 @@ class OutboxCounts:
     pending: int
     dead: int
     oldest_pending_at: float | None
+    set_aside: int = 0
 
 
 def _split(path: str) -> tuple[bytes, bytes]:
@@ -143,6 +190,81 @@ def _locked(method: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _schema_version(db: sqlite3.Connection) -> int:
+    """The recorded version; 1 for a database of the releases before it was recorded."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    if version == 0 and db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchone():
+        return 1
+    return version
+
+
+def _checked_version(db: sqlite3.Connection, path: Path | str) -> int:
+    version = _schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise StateVersionError(
+            f"state database {path} has schema version {version}, written by a newer "
+            f"release of asset-watcher; this one knows versions up to {SCHEMA_VERSION}. The "
+            "database was left unchanged: run the newer release on it"
+        )
+    return version
+
+
+def _migrate(db: sqlite3.Connection, path: Path | str, found: int) -> None:
+    """Bring the database from version `found` to SCHEMA_VERSION in one transaction,
+    after a copy of it (version 1 and later: a fresh database needs none) beside it."""
+    backup = None
+    if found > 0 and isinstance(path, Path):
+        backup = _backup(db, path, found)
+        log.warning(
+            "state database %s has schema version %d; migrating it to version %d "
+            "(a copy of it is at %s)",
+            path,
+            found,
+            SCHEMA_VERSION,
+            backup,
+        )
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            current = _checked_version(db, path)  # another process may have migrated it
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number]:
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:  # not corruption: the database is as it was
+        kept = f"; a copy from before is at {backup}" if backup else ""
+        raise StateError(
+            f"cannot migrate state database {path} from schema version {found} to "
+            f"{SCHEMA_VERSION}: {exc}; it is unchanged{kept}"
+        ) from None
+
+
+def _backup(db: sqlite3.Connection, path: Path, version: int) -> Path:
+    """A consistent copy through SQLite's backup API (the WAL's content included)."""
+    target = path.with_name(f"{path.name}.v{version}.bak")
+    if target.exists():  # an earlier attempt's copy stays as it is
+        target = path.with_name(f"{path.name}.v{version}.{time.time_ns()}.bak")
+    try:
+        copy = sqlite3.connect(target)
+        try:
+            db.backup(copy)
+        finally:
+            copy.close()
+    except sqlite3.Error as exc:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        raise StateError(
+            f"cannot back up state database {path} to {target} before migrating it: {exc}; "
+            "nothing was changed"
+        ) from None
+    return target
+
+
 class StateStore:
     """One SQLite connection shared by the agent's threads; every method holds `lock`."""
 
@@ -162,6 +284,7 @@ class StateStore:
         self._batch_depth = 0
         self._last_success_written = 0.0
         self._lock_fd: int | None = None
+        self.schema_version = SCHEMA_VERSION  # of the database as opened (a reader's may be older)
         if directory is None:
             self.db = self._open_db(":memory:")
             return
@@ -196,7 +319,13 @@ class StateStore:
                 db = sqlite3.connect(
                     f"{path.as_uri()}?mode=ro", uri=True, timeout=30, check_same_thread=False
                 )
-                db.execute("SELECT COUNT(*) FROM outbox").fetchone()  # readable at all?
+                try:
+                    # An older schema is read as it is (nothing is migrated by a reader).
+                    self.schema_version = _checked_version(db, path)
+                    db.execute("SELECT COUNT(*) FROM outbox").fetchone()  # readable at all?
+                except BaseException:
+                    db.close()
+                    raise
                 return db
             return self._open_db(path)
         except sqlite3.DatabaseError as exc:
@@ -214,12 +343,18 @@ class StateStore:
                     os.replace(f"{path}{suffix}", f"{aside}{suffix}")
             return self._open_db(path)
 
-    @staticmethod
-    def _open_db(path: Path | str) -> sqlite3.Connection:
+    def _open_db(self, path: Path | str) -> sqlite3.Connection:
         db = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(SCHEMA)
+        try:
+            found = _checked_version(db, path)  # before anything is written: a newer one stays
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if found < SCHEMA_VERSION:
+                _migrate(db, path, found)
+        except BaseException:
+            db.close()
+            raise
+        self.schema_version = SCHEMA_VERSION
         return db
 
     def close(self) -> None:
@@ -413,7 +548,7 @@ class StateStore:
         # Walks the outbox oldest first and stops after enough heads: a backlog of 100,000
         # after an outage costs a few index look-ups per report, not a scan per round.
         rows = self.db.execute(
-            "SELECT id, kind, order_key, body, created_at, attempts FROM outbox AS o"
+            "SELECT id, kind, order_key, body, created_at, attempts, last_error FROM outbox AS o"
             " WHERE next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox AS p"
             "  WHERE p.order_key = o.order_key AND p.id < o.id)"
             " ORDER BY id LIMIT ?",
@@ -423,7 +558,7 @@ class StateStore:
         for row in rows:
             if row[2] in busy:
                 continue
-            items.append(OutboxItem(row[0], EventKind(row[1]), row[2], row[3], row[4], row[5]))
+            items.append(OutboxItem(row[0], EventKind(row[1]), *row[2:]))
             if len(items) >= limit:
                 break
         return items
@@ -449,9 +584,15 @@ class StateStore:
         with self.transaction() as db:
             db.executemany("UPDATE outbox SET next_attempt_at = 0 WHERE id = ?", ids)
 
-    def ack_many(self, item_ids: list[int]) -> None:
-        """Remove delivered reports, in one transaction. The time of the last success
-        (for `status`) is written at most once a second: in a burst, writing it with
+    def make_all_due(self) -> None:
+        """Clear every stored backoff: a new `scan` tries all that is pending at once."""
+        with self.transaction() as db:
+            db.execute("UPDATE outbox SET next_attempt_at = 0 WHERE next_attempt_at > 0")
+
+    def ack_many(self, item_ids: list[int], checks: Iterable[tuple[str, str]] = ()) -> None:
+        """Remove delivered reports, in one transaction, and remember the partitioned
+        check evaluations among them, (order key, check name) each. The time of the last
+        success (for `status`) is written at most once a second: in a burst, writing it with
         every answer was a third of the cost of an acknowledgement."""
         if not item_ids:
             return
@@ -459,10 +600,59 @@ class StateStore:
         write_time = not now - LAST_SUCCESS_EVERY_SECONDS < self._last_success_written <= now
         with self.transaction() as db:
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in item_ids])
+            db.executemany(
+                "INSERT OR IGNORE INTO check_evaluations VALUES (?, ?, ?)",
+                [(order_key, name, now) for order_key, name in checks],
+            )
             if write_time:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_success', ?)", (str(now),))
         if write_time:
             self._last_success_written = now
+
+    @_locked
+    def has_check_evaluation(self, order_key: str, check_name: str) -> bool:
+        """Whether Dagster holds this partitioned check's evaluation (one was delivered)."""
+        row = self.db.execute(
+            "SELECT 1 FROM check_evaluations WHERE order_key = ? AND check_name = ?",
+            (order_key, check_name),
+        ).fetchone()
+        return row is not None
+
+    def set_aside(self, item_id: int, reason: str, check: tuple[str, str] | None = None) -> None:
+        """Take a report out of the outbox unsent (or not to be sent again) without making
+        it a dead letter; `check` (order key, check name) is now held by Dagster."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO set_aside"
+                " SELECT id, kind, order_key, body, created_at, ?, ? FROM outbox WHERE id = ?",
+                (now, reason, item_id),
+            )
+            db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
+            if check is not None:
+                db.execute(
+                    "INSERT OR IGNORE INTO check_evaluations VALUES (?, ?, ?)", (*check, now)
+                )
+            db.execute(
+                "DELETE FROM set_aside WHERE id <= (SELECT id FROM set_aside"
+                " ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (SET_ASIDE_KEPT,),
+            )
+
+    @_locked
+    def set_aside_items(self, limit: int = 100) -> list[SetAside]:
+        """The latest reports set aside, newest first, for `status`."""
+        if self.schema_version < 2:  # a reader of a database not migrated yet
+            return []
+        rows = self.db.execute(
+            "SELECT id, kind, order_key, body, created_at, set_aside_at, reason FROM set_aside"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
+        return [
+            SetAside(row[0], EventKind(row[1]), row[2], row[3], row[4], row[5], row[6])
+            for row in rows
+        ]
 
     def retry_later(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as db:
@@ -534,7 +724,10 @@ class StateStore:
         tracked = self.db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
         pending, oldest = self.db.execute("SELECT COUNT(*), MIN(created_at) FROM outbox").fetchone()
         dead = self.db.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
-        return OutboxCounts(tracked, pending, dead, oldest)
+        aside = 0
+        if self.schema_version >= 2:
+            aside = self.db.execute("SELECT COUNT(*) FROM set_aside").fetchone()[0]
+        return OutboxCounts(tracked, pending, dead, oldest, aside)
 
     @_locked
     def meta(self, key: str) -> str | None:

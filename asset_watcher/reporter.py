@@ -158,6 +158,11 @@ def _plain_client(
         return None
 
 
+def _second_500(item: OutboxItem) -> bool:
+    """Whether the attempt before this one was answered 500 as well."""
+    return item.attempts >= 1 and (item.last_error or "").startswith("HTTP 500:")
+
+
 def _reason(exc: BaseException) -> str:
     """The innermost cause, without the request's URL and headers."""
     cause: BaseException = exc
@@ -179,6 +184,41 @@ def describe(item: OutboxItem) -> str:
     """`materialization of acme/orders [2026-11-26]`, for log lines."""
     key, partition = order_key_parts(item.order_key)
     return f"{item.kind.value} of {'/'.join(key)}" + (f" [{partition}]" if partition else "")
+
+
+def partitioned_check(item: OutboxItem) -> tuple[str, str] | None:
+    """(order key, check name) of a partitioned check evaluation, else None: Dagster keeps
+    one of those per asset, check and partition (SPEC 6)."""
+    if item.kind is not EventKind.CHECK or order_key_parts(item.order_key)[1] is None:
+        return None
+    try:
+        name = json.loads(item.body)["check_name"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return (item.order_key, name) if isinstance(name, str) else None
+
+
+def describe_check(item: OutboxItem) -> str:
+    """`check row_count of acme/orders [2026-11-26] (failed)`, for log lines."""
+    try:
+        body = json.loads(item.body)
+        name, passed = body["check_name"], body.get("passed")
+    except (ValueError, KeyError, TypeError):
+        return describe(item)
+    key, partition = order_key_parts(item.order_key)
+    outcome = " (passed)" if passed is True else " (failed)" if passed is False else ""
+    return f"check {name} of {'/'.join(key)} [{partition}]{outcome}"
+
+
+# Why a partitioned check evaluation was set aside (shown by `status`).
+REPEAT_NOT_SENT = (
+    "not sent: Dagster keeps one evaluation per asset, check and partition, and it holds "
+    "this partition's already"
+)
+REPEAT_REFUSED = (
+    "Dagster answered 500 twice: it keeps one evaluation per asset, check and partition "
+    "(a repeat is written to its event log, then refused); not sent again"
+)
 
 
 def auth_message(answer: Answer, item: OutboxItem) -> str:
@@ -204,8 +244,13 @@ FETCH_MIN = 64
 class DrainSummary:
     delivered: int = 0
     dead: int = 0
+    set_aside: int = 0  # repeated partitioned check evaluations (SPEC 6)
     paused: bool = False
+    # What left reports undelivered or dead at the end (an error retried and then
+    # recovered from is not named), or None: `pending_error` or else `dead_error`.
     last_error: str | None = None
+    pending_error: str | None = None  # the pause, or the latest failure still pending
+    dead_error: str | None = None  # the latest dead letter's
 
 
 @dataclass(frozen=True)
@@ -259,6 +304,10 @@ class Deliverer:
         self._auth_log = LogThrottle(LOG_INTERVAL_SECONDS)
         self._dead_log = LogThrottle(LOG_INTERVAL_SECONDS)
         self._summary = DrainSummary()
+        # This serve's reports that failed and are still pending, with their last error.
+        self._unresolved: dict[int, str] = {}
+        self._pause_message: str | None = None
+        self._dead_error: str | None = None
         # The outbox gauges read this store when scraped (a no-op without metrics).
         metrics.set_outbox_source(self._outbox_counts)
 
@@ -281,9 +330,14 @@ class Deliverer:
         self._serve(stop, None)
 
     def drain(self, patience_seconds: float) -> DrainSummary:
-        """Deliver everything due, then return once the outbox is empty, delivery is
+        """Deliver everything pending, then return once the outbox is empty, delivery is
         paused by a 401/403, or the next attempt would come more than `patience_seconds`
-        after the last progress (so a long but healthy drain is never cut short)."""
+        after the last progress (so a long but healthy drain is never cut short).
+
+        A drain starts afresh: reports an earlier process backed off are tried now, not
+        at the retry time it stored (which may lie beyond this drain's patience, and the
+        outage may be over: an operator runs `scan` again for that)."""
+        self.store.make_all_due()
         return self._serve(None, patience_seconds)
 
     # -- the loop ----------------------------------------------------------------------
@@ -292,6 +346,8 @@ class Deliverer:
         if not self._serving.acquire(blocking=False):
             raise RuntimeError("this Deliverer is already running")
         summary = self._summary = DrainSummary()
+        self._unresolved.clear()
+        self._pause_message = self._dead_error = None
         self._ready.clear()
         self._new_work = True
         jobs: queue.SimpleQueue[_Flight | None] = queue.SimpleQueue()
@@ -318,7 +374,20 @@ class Deliverer:
             finally:
                 self._stop_senders(jobs, workers)
                 self._serving.release()
+        summary.pending_error = self._pending_error()
+        summary.dead_error = self._dead_error
+        summary.last_error = summary.pending_error or summary.dead_error
         return summary
+
+    def _pending_error(self) -> str | None:
+        """The error that left reports undelivered: a pause, or the latest failure of a
+        report still pending."""
+        if self._summary.paused and self._pause_message:
+            return self._pause_message
+        if self._unresolved:
+            *_, latest = self._unresolved.values()
+            return latest
+        return None
 
     def _loop(
         self,
@@ -363,6 +432,8 @@ class Deliverer:
             item = self._take(now)
             if item is None:
                 return
+            if self._is_repeated_evaluation(item):
+                continue
             flight = _Flight(item, self.gate.level)
             self._in_flight[item.id] = flight
             jobs.put(flight)
@@ -384,6 +455,23 @@ class Deliverer:
                 )
                 return None
         return self._ready.popleft()
+
+    def _is_repeated_evaluation(self, item: OutboxItem) -> bool:
+        """A partitioned check evaluation Dagster already holds is set aside, not sent:
+        Dagster would write it to its event log and answer 500 (SPEC 6)."""
+        check = partitioned_check(item)
+        if check is None or not self.store.has_check_evaluation(*check):
+            return False
+        self.store.set_aside(item.id, REPEAT_NOT_SENT, check)
+        self._summary.set_aside += 1
+        self._new_work = True  # the next report of its key is the head now
+        metrics.report_outcome(item.kind.value, "set_aside")
+        log.info(
+            "not sending the %s: Dagster keeps one evaluation per asset, check and "
+            "partition and already holds this partition's (`asset-watcher status` lists it)",
+            describe_check(item),
+        )
+        return True
 
     def _busy_keys(self) -> set[str]:
         return {flight.item.order_key for flight in self._in_flight.values()}
@@ -461,8 +549,12 @@ class Deliverer:
             else:
                 answers.append(signal)
         # One transaction acknowledges every delivered report of this round.
+        delivered = [
+            flight.item for flight, answer in answers if answer.verdict is Verdict.DELIVERED
+        ]
         self.store.ack_many(
-            [flight.item.id for flight, answer in answers if answer.verdict is Verdict.DELIVERED]
+            [item.id for item in delivered],
+            [check for item in delivered if (check := partitioned_check(item)) is not None],
         )
         progress = False
         for flight, answer in answers:
@@ -475,6 +567,7 @@ class Deliverer:
         """Account for one answer; a delivered report was already acknowledged."""
         item, now = flight.item, self.clock()
         kind = item.kind.value
+        self._unresolved.pop(item.id, None)
         if answer.verdict is Verdict.DELIVERED:
             self._summary.delivered += 1
             metrics.report_outcome(kind, "delivered")
@@ -483,7 +576,7 @@ class Deliverer:
         if answer.verdict is Verdict.DEAD:
             self.store.dead_letter(item.id, answer.detail)
             self._summary.dead += 1
-            self._summary.last_error = answer.detail
+            self._summary.last_error = self._dead_error = answer.detail
             metrics.report_outcome(kind, "dead")
             if answer.status is None:
                 return True  # never reached Dagster (the sender logged why): proves nothing
@@ -504,14 +597,37 @@ class Deliverer:
             self.gate.on_failure(now, flight.level, pause=True)
             self.store.note_error(message)
             self._summary.paused = True
-            self._summary.last_error = message
+            self._summary.last_error = self._pause_message = message
             metrics.report_outcome(kind, "unauthorized")
             metrics.set_paused(True)
             if self._auth_log.ready(now):
                 log.error("%s", message)
             return False
+        if answer.status == 500 and _second_500(item):
+            check = partitioned_check(item)
+            if check is not None:
+                self._set_aside_refused(flight, check, now)
+                return True
+        self._unresolved[item.id] = answer.detail
         self._retry(flight, answer, now)
         return False
+
+    def _set_aside_refused(self, flight: _Flight, check: tuple[str, str], now: float) -> None:
+        """A partitioned check evaluation answered 500 twice in a row: most likely one
+        Dagster already holds (from an earlier release, another agent, the UI). Each try
+        wrote one more copy to Dagster's event log: stop, keep its key going."""
+        item = flight.item
+        self.store.set_aside(item.id, REPEAT_REFUSED, check)
+        self._summary.set_aside += 1
+        self._failed_ids.discard(item.id)
+        metrics.report_outcome(item.kind.value, "set_aside")
+        log.warning(
+            "Dagster answered 500 twice to the %s; it keeps one evaluation per asset, check "
+            "and partition, so this is taken for a repeat and not sent again "
+            "(`asset-watcher status` lists it); the reports after it go on",
+            describe_check(item),
+        )
+        self._on_accepted(now, flight.level)  # Dagster is up and read the request
 
     def _retry(self, flight: _Flight, answer: Answer, now: float) -> None:
         item, gate = flight.item, self.gate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ from asset_watcher.reporter import Deliverer, Reporter
 from asset_watcher.reports import reports_for_version
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
+from tests.conftest import CliRun
 from tests.support.dagster_server import CheckEvaluationRecord, DagsterServer
 
 
@@ -254,3 +256,100 @@ def test_check_that_cannot_run_is_reported_failed(
     assert gzip_check.metadata["check_could_not_run"] is True
     assert checks["size", "x.json.gz"].passed is True  # from the one read, still valid
     assert len(dagster.materializations([unique_name, "x"], partition="x.json.gz")) == 1
+
+
+def resend(path: Path, version: int) -> None:
+    """The partner sends the same file again: renamed into place, its own mtime."""
+    part = path.with_name(path.name + ".part")
+    part.write_bytes(b"id\n1\n")
+    mtime_ns = (1_700_000_000 + version) * 10**9
+    os.utime(part, ns=(mtime_ns, mtime_ns))
+    os.replace(part, path)
+
+
+def partitioned_check_config(
+    config_file: Callable[[str], Path], url: str, tmp_path: Path, key: str
+) -> Path:
+    return config_file(
+        f"""
+        [dagster]
+        url = "{url}"
+        [state]
+        directory = "{tmp_path / "state"}"
+        [[watch]]
+        path = "{tmp_path / "drop"}"
+        regex = '^orders_(?P<day>[0-9-]+)\\.csv$'
+        asset_key = "{key}/orders"
+        partition = "{{day}}"
+        settle_seconds = 0
+        [[watch.checks]]
+        type = "size"
+        min_bytes = 1
+        """
+    )
+
+
+def test_a_file_resent_for_a_partition_with_checks_never_jams_delivery(
+    dagster: DagsterServer,
+    unique_name: str,
+    tmp_path: Path,
+    config_file: Callable[[str], Path],
+    cli: CliRun,
+) -> None:
+    (tmp_path / "drop").mkdir()
+    path = tmp_path / "drop" / "orders_2026-11-26.csv"
+    config = partitioned_check_config(config_file, dagster.url, tmp_path, unique_name)
+    key = [unique_name, "orders"]
+    for version in range(3):  # sent, then re-sent twice
+        resend(path, version)
+        result = cli("-c", str(config), "scan")
+        assert result.returncode == 0, result.stderr
+        assert "1 reported" in result.stderr
+    # Every materialization arrived, in order.
+    materializations = dagster.wait_for_materializations(key, count=3, partition="2026-11-26")
+    assert [m.metadata["modified_at"] for m in materializations] == [
+        f"2023-11-14T22:13:2{n}.000000Z" for n in range(3)
+    ]
+    status = cli("-c", str(config), "status", "--json")
+    data = json.loads(status.stdout)
+    assert (data["pending"], data["dead"], data["set_aside"]) == (0, 0, 2)
+    assert {entry["check_name"] for entry in data["set_aside_reports"]} == {"size"}
+    assert all("one evaluation per" in entry["reason"] for entry in data["set_aside_reports"])
+    # Dagster holds the first evaluation alone: the repeats were not sent at all, and with
+    # nothing pending nothing is left to send.
+    (evaluation,) = dagster.check_evaluations(key, "size")
+    assert (evaluation.partition, evaluation.passed) == ("2026-11-26", True)
+    assert dagster.check_execution_statuses(key, "size") == ["SUCCEEDED"]
+
+
+def test_a_repeat_the_agent_did_not_know_of_is_sent_once_more_then_set_aside(
+    dagster: DagsterServer,
+    unique_name: str,
+    tmp_path: Path,
+    config_file: Callable[[str], Path],
+    cli: CliRun,
+) -> None:
+    (tmp_path / "drop").mkdir()
+    path = tmp_path / "drop" / "orders_2026-11-26.csv"
+    config = partitioned_check_config(config_file, dagster.url, tmp_path, unique_name)
+    key = [unique_name, "orders"]
+    # Dagster already holds this partition's evaluation (an earlier release, by hand, ...).
+    by_hand = cli(
+        "-c", str(config), "report", "check", "--asset-key", f"{unique_name}/orders",
+        "--check-name", "size", "--passed", "--partition", "2026-11-26",
+    )  # fmt: skip
+    assert by_hand.returncode == 0, by_hand.stderr
+    resend(path, 0)
+    first = cli("-c", str(config), "scan")
+    assert first.returncode == 0, first.stderr
+    assert "1 set aside" in first.stderr
+    assert "Dagster answered 500 twice to the check size" in first.stderr
+    resend(path, 1)
+    second = cli("-c", str(config), "scan")  # the next version goes through
+    assert second.returncode == 0, second.stderr
+    materializations = dagster.wait_for_materializations(key, count=2, partition="2026-11-26")
+    assert len(materializations) == 2
+    data = json.loads(cli("-c", str(config), "status", "--json").stdout)
+    assert (data["pending"], data["dead"], data["set_aside"]) == (0, 0, 2)
+    # One by hand, at most two attempts of ours (each written, then answered 500).
+    assert len(dagster.check_evaluations(key, "size")) <= 3

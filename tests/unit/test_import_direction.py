@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
     "errors", "model", "logs", "systemd", "retry", "config", "metrics", "rules",
-    "fingerprint", "checks", "reports", "outbox", "scan", "settle", "observe", "http1", "reporter",
+    "fingerprint", "checks", "reports", "outbox", "scan", "settle", "observe", "reporter",
     "pipeline", "dagster", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 

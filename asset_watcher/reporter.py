@@ -23,6 +23,7 @@ What a misbehaving server or link can do to a request is bounded (SPEC section 5
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import logging
@@ -202,10 +203,8 @@ class _Connection(urllib3.connection.HTTPConnection):
         """Shut the connection down (any thread): a read blocked on it ends at once."""
         with _switch_lock:
             if self._switch is not None:
-                try:
+                with contextlib.suppress(OSError):  # gone already: its read ends anyway
                     self._switch.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass  # already gone: the read it blocks ends anyway
 
     def _new_conn(self) -> socket.socket:
         sock = super()._new_conn()
@@ -279,7 +278,7 @@ class _Adapter(requests.adapters.HTTPAdapter):
         self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
 
     def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
         if type(manager) is urllib3.ProxyManager:  # not SOCKS: it has its own pools
             manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
         return manager
@@ -333,6 +332,10 @@ class Reporter:
         finally:
             self._watchdog.end(deadline)
             _current.request = None
+        if deadline.expired:
+            # Cut off at the deadline, what was read may look whole and is not (http.client
+            # takes a header block cut short for a complete one): never trust it.
+            return self._timed_out()
         return self._answer(status, content, retry_after)
 
     def _exchange(self, url: str, data: bytes) -> tuple[int, bytes, str | None]:
@@ -350,6 +353,7 @@ class Reporter:
                 # unread, so the connection must not carry another request.
                 _discard_connection(response)
                 return status, b"", None
+            _check_header(response.raw)
             content = _read_bounded(response.raw)
         except BaseException:
             _discard_connection(response)
@@ -361,7 +365,7 @@ class Reporter:
     def _failure(self, exc: Exception, deadline: _Deadline) -> Answer | None:
         """The answer for a request that raised; None if `exc` is not about the network."""
         if deadline.expired or _is_timeout(exc):
-            return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
+            return self._timed_out()
         unreadable = _unreadable_reason(exc)
         if unreadable is not None:
             detail = f"unreadable answer from {self.settings.url}: {self.scrub(unreadable)}"
@@ -370,6 +374,9 @@ class Reporter:
             reason = self.scrub(_reason(exc))
             return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
         return None
+
+    def _timed_out(self) -> Answer:
+        return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
 
     def _answer(self, status: int, content: bytes, retry_after: str | None) -> Answer:
         verdict = classify(status)
@@ -410,6 +417,20 @@ def _read_bounded(raw: urllib3.BaseHTTPResponse) -> bytes:
             raise AnswerTooLarge(f"an answer longer than {MAX_ANSWER_BYTES} bytes")
 
 
+class UnreadableHeader(Exception):
+    """The answer's header block is malformed or cut short."""
+
+
+def _check_header(raw: urllib3.BaseHTTPResponse) -> None:
+    """Raise UnreadableHeader if http.client found defects in the header block: it takes
+    one cut short by a closed connection for a whole one (urllib3 only logs that)."""
+    original = getattr(raw, "_original_response", None)
+    defects = getattr(getattr(original, "msg", None), "defects", None)
+    if defects:
+        names = ", ".join(type(defect).__name__ for defect in defects)
+        raise UnreadableHeader(f"a malformed or truncated header ({names})")
+
+
 def _discard_connection(response: requests.Response) -> None:
     """Close the connection under `response`, so the pool gets it back closed."""
     connection = getattr(response.raw, "connection", None)
@@ -448,12 +469,10 @@ def _unreadable_reason(exc: BaseException) -> str | None:
     """Why an answer that came could not be read (it is not HTTP as we read it, or too
     long); None when the trouble is the connection itself."""
     for cause in _causes(exc):
-        if isinstance(cause, AnswerTooLarge):
+        if isinstance(cause, (AnswerTooLarge, UnreadableHeader)):
             return str(cause)
-        if isinstance(cause, http.client.BadStatusLine) and not isinstance(
-            cause, ConnectionError
-        ):
-            return f"not an HTTP/1.x status line: {cause.line!r}"[:ERROR_TEXT_MAX]
+        if isinstance(cause, http.client.BadStatusLine) and not isinstance(cause, ConnectionError):
+            return f"not an HTTP/1.x status line: {cause.args[0]!r}"[:ERROR_TEXT_MAX]
         if isinstance(cause, http.client.HTTPException) and not isinstance(
             cause, (ConnectionError, http.client.IncompleteRead)
         ):

@@ -55,7 +55,7 @@ def retry_after_seconds(
     if not value:
         return None
     value = value.strip()
-    if value.isascii() and value.isdigit():  # str.isdigit() alone takes "²" and "١"
+    if value.isascii() and value.isdigit():  # str.isdigit() alone takes "²"
         return min(float(value), cap_seconds)
     if not value.isascii() or not any(c.isalpha() for c in value):
         return None  # "-1", "1.5": not a date either, though the date parser is lenient

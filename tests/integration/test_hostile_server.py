@@ -487,3 +487,31 @@ def test_scan_against_a_dripping_server_exits_1_after_about_three_timeouts(
     assert attempts >= 2
     status = cli("-c", str(config), "status")
     assert status.returncode == 0
+
+
+# --------------------------------------------------------------------------- close
+
+
+def test_closing_the_reporter_frees_a_sender_stuck_in_a_request() -> None:
+    """`scan` and `run` close the reporter after a sender was left behind: the request it
+    is stuck in ends then, as a timeout, long before its own deadline."""
+    answers: list[Any] = []
+    with Hostile(drip_body) as server:
+        reporter = Reporter(settings(server.url, timeout_seconds=60))
+        sender = threading.Thread(
+            target=lambda: answers.append(reporter.post(EventKind.MATERIALIZATION, "{}"))
+        )
+        sender.start()
+        try:
+            server.wait_for(lambda: len(server.requests) == 1)
+            started = time.monotonic()
+            reporter.close()
+            sender.join(MARGIN)
+            assert not sender.is_alive()
+            assert time.monotonic() - started <= MARGIN
+        finally:
+            reporter.close()
+            sender.join(60)
+        assert_hung_up(server)
+    (answer,) = answers
+    assert answer.status is None and answer.detail == "no answer within 60.0s"

@@ -1,28 +1,52 @@
 """HTTP delivery to Dagster: URL building, auth header, and the concurrent outbox drain.
 
-requests lives here and nowhere else. Bodies are sent exactly as stored in the outbox,
-with `Content-Type: application/json` and nothing after it: Dagster rejects
+requests (and the urllib3 it is built on) lives here and nowhere else: one HTTP stack for
+http and https, direct or through a proxy, with one mapping from answers and errors to
+an `Answer`. Bodies are sent exactly as stored in the outbox, with
+`Content-Type: application/json` and nothing after it: Dagster rejects
 `application/json; charset=utf-8`.
+
+What a misbehaving server or link can do to a request is bounded (SPEC section 5):
+
+* time: `timeout_seconds` bounds the whole request, from connect to the last byte of the
+  answer. requests' timeout applies to each socket read, so a server dripping one byte a
+  second would hold a sender for ever; a watchdog thread (`_Watchdog`) shuts down the
+  connection of a request still running at its deadline, which ends whatever read or
+  TLS handshake it is blocked in, and the request counts as a timeout.
+* size: an answer's body is read up to MAX_ANSWER_BYTES; a longer (or endless) one is
+  an error, retried, and its connection is closed.
+* reuse: a pooled connection is reused only if nothing is readable on it (urllib3 asks
+  `is_connected` before each reuse; ours also counts bytes TLS already decrypted), and
+  one whose answer was not read to its end is closed, never pooled: an extra or late
+  answer can never be taken for the answer to a later request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import logging
 import math
 import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import requests
+import requests.adapters
+import urllib3
+import urllib3.connection
+import urllib3.exceptions
+from urllib3.util.wait import wait_for_read
 
-from asset_watcher import http1, metrics
+from asset_watcher import metrics
 from asset_watcher.config import DagsterSettings, SecretStr
-from asset_watcher.http1 import PlainHttpClient
 from asset_watcher.model import EventKind
 from asset_watcher.outbox import OutboxItem, StateStore, order_key_parts
 from asset_watcher.retry import (
@@ -39,6 +63,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_HEADER = "Dagster-Cloud-Api-Token"
 ERROR_TEXT_MAX = 500
+# Dagster answers a report with a few bytes of JSON, an error with a few KiB of text.
+MAX_ANSWER_BYTES = 1 << 20
 
 
 def endpoint_url(base_url: str, kind: EventKind) -> str:
@@ -56,15 +82,218 @@ class Answer:
     retry_after_seconds: float | None = None
 
 
+class AnswerTooLarge(Exception):
+    """The answer's body went on past MAX_ANSWER_BYTES."""
+
+
+# -- the total deadline of a request ---------------------------------------------------
+
+
+class _Deadline:
+    """One request's deadline, and the connection it runs on once it has one."""
+
+    __slots__ = ("at", "connection", "done", "expired")
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.connection: _Connection | None = None
+        self.done = False
+        self.expired = False
+
+
+class _Watchdog:
+    """Shuts down the connection of every request still running at its deadline.
+
+    All requests of a reporter share one timeout, so deadlines arrive in the order the
+    requests start and a FIFO is all the priority queue needed: the thread sleeps until
+    the oldest unfinished deadline. A request costs an append and two short lock holds;
+    a finished one is only flagged, and dropped when the thread gets to it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._queue: deque[_Deadline] = deque()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def begin(self, seconds: float) -> _Deadline:
+        deadline = _Deadline(time.monotonic() + seconds)
+        with self._cond:
+            if self._closed:
+                deadline.expired = True  # a closed reporter sends nothing
+                return deadline
+            self._queue.append(deadline)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="http-deadlines", daemon=True
+                )
+                self._thread.start()
+            elif len(self._queue) == 1:
+                self._cond.notify()  # it waits without a timeout while the queue is empty
+        return deadline
+
+    def attach(self, deadline: _Deadline, connection: _Connection) -> None:
+        """`deadline`'s request runs on `connection` now (a new one, or from the pool)."""
+        with self._cond:
+            deadline.connection = connection
+            connection.owner = deadline
+            if deadline.expired:
+                connection.kill()
+
+    def end(self, deadline: _Deadline) -> None:
+        with self._cond:  # from here on, expiry never touches its connection
+            deadline.done = True
+
+    def close(self) -> None:
+        """Stop the thread; requests still running are cut off now (they are abandoned)."""
+        with self._cond:
+            self._closed = True
+            while self._queue:
+                self._expire(self._queue.popleft())
+            thread, self._thread = self._thread, None
+            self._cond.notify()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                while self._queue and self._queue[0].done:
+                    self._queue.popleft()
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                remaining = self._queue[0].at - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                else:
+                    self._expire(self._queue.popleft())
+
+    @staticmethod
+    def _expire(deadline: _Deadline) -> None:
+        # caller holds the lock
+        if deadline.done:
+            return
+        deadline.expired = True
+        connection = deadline.connection
+        if connection is not None and connection.owner is deadline:
+            connection.kill()
+
+
+# The request each sender thread is running, for the connection to attach to.
+_current = threading.local()
+# Serialises shutting a connection down (the watchdog) against closing it (its sender),
+# so a descriptor closed and reused in between is never shut down.
+_switch_lock = threading.Lock()
+
+
+class _Connection(urllib3.connection.HTTPConnection):
+    """urllib3's connection, attached to the deadline of the request it runs, and reused
+    only with nothing left to read on it.
+
+    `_switch` duplicates the socket when it connects: shutting the duplicate down ends
+    the TCP connection for every descriptor of it, also while the TLS handshake owns the
+    original (urllib3 sets `sock` only once the handshake is done).
+    """
+
+    owner: _Deadline | None = None
+    _switch: socket.socket | None = None
+
+    def kill(self) -> None:
+        """Shut the connection down (any thread): a read blocked on it ends at once."""
+        with _switch_lock:
+            if self._switch is not None:
+                with contextlib.suppress(OSError):  # gone already: its read ends anyway
+                    self._switch.shutdown(socket.SHUT_RDWR)
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()
+        switch = sock.dup()
+        with _switch_lock:
+            old, self._switch = self._switch, switch
+            owner = self.owner
+        if old is not None:
+            old.close()
+        if owner is not None and owner.expired:  # connecting took all its time
+            self.kill()
+        return sock
+
+    def connect(self) -> None:
+        self._attach()
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        self._attach()
+        super().request(*args, **kwargs)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            with _switch_lock:
+                switch, self._switch = self._switch, None
+            if switch is not None:
+                switch.close()
+
+    @property
+    def is_connected(self) -> bool:
+        """False when closed, closed by the server, or with anything unread on it."""
+        sock = self.sock
+        if sock is None:
+            return False
+        pending = getattr(sock, "pending", None)  # TLS: decrypted and not yet read
+        if pending is not None and pending():
+            return False
+        return not wait_for_read(sock, timeout=0.0)
+
+    def _attach(self) -> None:
+        running = getattr(_current, "request", None)
+        if running is not None:
+            watchdog, deadline = running
+            if deadline.connection is not self:
+                watchdog.attach(deadline, self)
+
+
+class _HTTPSConnection(_Connection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, with pools (direct and through an HTTP(S) proxy) of our
+    connections."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.PoolManager:
+        manager: urllib3.PoolManager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if type(manager) is urllib3.ProxyManager:  # not SOCKS: it has its own pools
+            manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
+        return manager
+
+
+# -- the reporter ----------------------------------------------------------------------
+
+
 class Reporter:
     """A keep-alive session to one Dagster, shared by every sender thread."""
 
     def __init__(self, settings: DagsterSettings, token: SecretStr | None = None) -> None:
         self.settings = settings
         self.session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=1, pool_maxsize=settings.max_in_flight
-        )
+        adapter = _Adapter(pool_connections=1, pool_maxsize=settings.max_in_flight)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.verify = settings.verify_tls
@@ -78,54 +307,86 @@ class Reporter:
                 self.session.verify = bundle
         self.session.headers["Content-Type"] = "application/json"
         self.session.headers["User-Agent"] = "asset-watcher"
+        # An error text is stored and shown: it should never arrive compressed.
+        self.session.headers["Accept-Encoding"] = "identity"
         self._secret = token.get_secret_value() if token is not None else ""
         if self._secret:
             self.session.headers[TOKEN_HEADER] = self._secret
-        self._plain = _plain_client(settings, self.session, self._secret)
+        self._watchdog = _Watchdog()
 
     def url(self, kind: EventKind) -> str:
         return endpoint_url(self.settings.url, kind)
 
     def post(self, kind: EventKind, body: str) -> Answer:
-        """Send one stored body; never raises for network trouble."""
-        if self._plain is not None:
-            return self._post_plain(self._plain, kind, body)
+        """Send one stored body; never raises for network trouble. Returns within
+        `timeout_seconds` (plus what resolving the host name takes)."""
+        deadline = self._watchdog.begin(self.settings.timeout_seconds)
+        _current.request = (self._watchdog, deadline)
         try:
-            response = self.session.post(
-                self.url(kind),
-                data=body.encode("utf-8"),
-                timeout=self.settings.timeout_seconds,
-                allow_redirects=False,
-            )
-        except requests.Timeout:
-            return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
-        except requests.RequestException as exc:
-            reason = self.scrub(_reason(exc))
-            return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
-        return self._answer(
-            response.status_code, response.content, response.headers.get("Retry-After")
-        )
+            status, content, retry_after = self._exchange(self.url(kind), body.encode("utf-8"))
+        except Exception as exc:
+            answer = self._failure(exc, deadline)
+            if answer is None:
+                raise
+            return answer
+        finally:
+            self._watchdog.end(deadline)
+            _current.request = None
+        if deadline.expired:
+            # Cut off at the deadline, what was read may look whole and is not (http.client
+            # takes a header block cut short for a complete one): never trust it.
+            return self._timed_out()
+        return self._answer(status, content, retry_after)
 
-    def _post_plain(self, client: PlainHttpClient, kind: EventKind, body: str) -> Answer:
+    def _exchange(self, url: str, data: bytes) -> tuple[int, bytes, str | None]:
+        response = self.session.post(
+            url,
+            data=data,
+            timeout=self.settings.timeout_seconds,
+            allow_redirects=False,
+            stream=True,
+        )
         try:
-            response = client.post(kind.endpoint, body.encode("utf-8"))
-        except TimeoutError:
-            return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
-        except http1.ProtocolError as exc:
-            reason = self.scrub(str(exc))
-            detail = f"unreadable answer from {self.settings.url}: {reason}"
+            status = response.status_code
+            if status < 200:
+                # An interim answer where the final one belongs: whatever follows it is
+                # unread, so the connection must not carry another request.
+                _discard_connection(response)
+                return status, b"", None
+            _check_header(response.raw)
+            content = _read_bounded(response.raw)
+        except BaseException:
+            _discard_connection(response)
+            raise
+        finally:
+            response.close()  # returns a fully read connection to the pool
+        return status, content, response.headers.get("Retry-After")
+
+    def _failure(self, exc: Exception, deadline: _Deadline) -> Answer | None:
+        """The answer for a request that raised; None if `exc` is not about the network."""
+        if deadline.expired or _is_timeout(exc):
+            return self._timed_out()
+        unreadable = _unreadable_reason(exc)
+        if unreadable is not None:
+            detail = f"unreadable answer from {self.settings.url}: {self.scrub(unreadable)}"
             return Answer(Verdict.RETRY, None, detail)
-        except OSError as exc:
+        if isinstance(exc, (requests.RequestException, urllib3.exceptions.HTTPError, OSError)):
             reason = self.scrub(_reason(exc))
             return Answer(Verdict.RETRY, None, f"cannot reach {self.settings.url}: {reason}")
-        return self._answer(response.status, response.body, response.headers.get("retry-after"))
+        return None
+
+    def _timed_out(self) -> Answer:
+        return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
 
     def _answer(self, status: int, content: bytes, retry_after: str | None) -> Answer:
         verdict = classify(status)
         # Dagster's error text is stored, shown by `status` and printed by `scan`: mask the
         # token in it too, should a proxy or server ever echo the request headers.
         detail = "" if verdict is Verdict.DELIVERED else self.scrub(_error_text(status, content))
-        return Answer(verdict, status, detail, retry_after_seconds(retry_after, time.time()))
+        wait = retry_after_seconds(
+            retry_after, time.time(), cap_seconds=self.settings.backoff_max_seconds
+        )
+        return Answer(verdict, status, detail, wait)
 
     def scrub(self, text: str) -> str:
         """Error text with the token masked (a malformed token can echo in an exception)."""
@@ -136,26 +397,89 @@ class Reporter:
         return text
 
     def close(self) -> None:
+        """Close the connections; a request still running is cut off and answers as a
+        timeout."""
+        self._watchdog.close()
         self.session.close()
-        if self._plain is not None:
-            self._plain.close()
 
 
-def _plain_client(
-    settings: DagsterSettings, session: requests.Session, token: str
-) -> PlainHttpClient | None:
-    """The lean client for an `http://` Dagster reached without a proxy; None otherwise
-    (https and proxies go through requests). It sends only the headers that matter: no
-    Accept-Encoding, so an error text never arrives compressed."""
-    if session.proxies:
-        return None
-    headers = {"Content-Type": "application/json", "User-Agent": "asset-watcher"}
-    if token:
-        headers[TOKEN_HEADER] = token
-    try:
-        return PlainHttpClient(settings.url, headers, settings.timeout_seconds)
-    except ValueError:  # https, a query string, a host that is not ASCII: requests knows
-        return None
+def _read_bounded(raw: urllib3.BaseHTTPResponse) -> bytes:
+    """The whole body, at most MAX_ANSWER_BYTES of it; raises AnswerTooLarge beyond."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        chunk = raw.read(MAX_ANSWER_BYTES + 1 - size, decode_content=True)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise AnswerTooLarge(f"an answer longer than {MAX_ANSWER_BYTES} bytes")
+
+
+class UnreadableHeader(Exception):
+    """The answer's header block is malformed or cut short."""
+
+
+def _check_header(raw: urllib3.BaseHTTPResponse) -> None:
+    """Raise UnreadableHeader if http.client found defects in the header block: it takes
+    one cut short by a closed connection for a whole one (urllib3 only logs that)."""
+    original = getattr(raw, "_original_response", None)
+    defects = getattr(getattr(original, "msg", None), "defects", None)
+    if defects:
+        names = ", ".join(type(defect).__name__ for defect in defects)
+        raise UnreadableHeader(f"a malformed or truncated header ({names})")
+
+
+def _discard_connection(response: requests.Response) -> None:
+    """Close the connection under `response`, so the pool gets it back closed."""
+    connection = getattr(response.raw, "connection", None)
+    if connection is not None:
+        connection.close()
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it wraps: its cause or context chain and exceptions in its args
+    (urllib3 and requests wrap the error that happened as an argument)."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        todo.extend(arg for arg in current.args if isinstance(arg, BaseException))
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    timeouts = (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)
+    return any(
+        isinstance(cause, timeouts)
+        # urllib3's "connection refused" is a ConnectTimeoutError, for compatibility
+        and not isinstance(cause, urllib3.exceptions.NewConnectionError)
+        for cause in _causes(exc)
+    )
+
+
+def _unreadable_reason(exc: BaseException) -> str | None:
+    """Why an answer that came could not be read (it is not HTTP as we read it, or too
+    long); None when the trouble is the connection itself."""
+    for cause in _causes(exc):
+        if isinstance(cause, (AnswerTooLarge, UnreadableHeader)):
+            return str(cause)
+        if isinstance(cause, http.client.BadStatusLine) and not isinstance(cause, ConnectionError):
+            return f"not an HTTP/1.x status line: {cause.args[0]!r}"[:ERROR_TEXT_MAX]
+        if isinstance(cause, http.client.HTTPException) and not isinstance(
+            cause, (ConnectionError, http.client.IncompleteRead)
+        ):
+            return f"{type(cause).__name__}: {cause}"[:ERROR_TEXT_MAX]
+        if isinstance(cause, urllib3.exceptions.DecodeError):
+            return f"{type(cause).__name__}: {cause}"[:ERROR_TEXT_MAX]
+    return None
 
 
 def _second_500(item: OutboxItem) -> bool:
@@ -632,6 +956,8 @@ class Deliverer:
     def _retry(self, flight: _Flight, answer: Answer, now: float) -> None:
         item, gate = flight.item, self.gate
         retry_after = answer.retry_after_seconds
+        if retry_after is not None:  # the server's wish, up to our cap
+            retry_after = min(max(retry_after, 0.0), self.backoff_max_seconds)
         gate.on_failure(now, flight.level, retry_after)
         if retry_after is None and not is_shared_trouble(answer.status):
             # Perhaps this body alone upsets Dagster (a 500): it waits on its own.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import enum
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 
 
@@ -20,7 +22,10 @@ def classify(status: int | None) -> Verdict:
     """`status` is None when no answer came (connection refused, reset, timeout)."""
     # A redirect means a wrong `dagster.url` (http for https, a missing path prefix): keep
     # retrying, and logging, until it is fixed, rather than dead-letter every report.
-    if status is None or status in (408, 429) or status >= 500 or 300 <= status < 400:
+    # A 1xx where the final answer belongs is no answer either.
+    if status is None or status in (408, 429) or status >= 500:
+        return Verdict.RETRY
+    if status < 200 or 300 <= status < 400:
         return Verdict.RETRY
     if 200 <= status < 300:
         return Verdict.DELIVERED
@@ -41,23 +46,28 @@ def backoff_seconds(
     return float(ceiling * rand())
 
 
-def retry_after_seconds(value: str | None, now: float) -> float | None:
-    """`Retry-After` as seconds from now: delta-seconds or an HTTP date; None if absent."""
+def retry_after_seconds(
+    value: str | None, now: float, *, cap_seconds: float = math.inf
+) -> float | None:
+    """`Retry-After` as seconds from now, at most `cap_seconds`: ASCII delta-seconds or
+    an HTTP date (one in the past is now). None when absent or anything else (a negative
+    or fractional number, `²`, garbage): the normal backoff applies then."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # str.isdigit() alone takes "²"
+        return min(float(value), cap_seconds)
+    if not value.isascii() or not any(c.isalpha() for c in value):
+        return None  # "-1", "1.5": not a date either, though the date parser is lenient
     try:
         moment = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if moment.tzinfo is None:  # "-0000": UTC, source unknown
+            moment = moment.replace(tzinfo=timezone.utc)
+        seconds = moment.timestamp() - now
+    except (TypeError, ValueError, OverflowError, IndexError, OSError):
         return None
-    return max(0.0, moment.timestamp() - now)
+    return min(max(0.0, seconds), cap_seconds)
 
-
-# A server's Retry-After is honoured up to this bound, so a garbled or far-future HTTP
-# date cannot park delivery for days.
-RETRY_AFTER_MAX_SECONDS = 3600.0
 
 # Answers that say nothing about the report itself: the link, a proxy or Dagster as a
 # whole is in trouble, so the report waits with all the others at the gate. Any other
@@ -113,7 +123,8 @@ class Gate:
         if pause:
             self.paused = True
         if retry_after_seconds is not None:
-            retry_after_seconds = min(max(retry_after_seconds, 0.0), RETRY_AFTER_MAX_SECONDS)
+            # Honoured up to the backoff cap: a far-future date cannot park delivery.
+            retry_after_seconds = min(max(retry_after_seconds, 0.0), self.cap_seconds)
         if dispatched_level == self.level:
             # The first failure of this round: back off further.
             self.level += 1

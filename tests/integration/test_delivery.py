@@ -175,7 +175,8 @@ def test_drain_gives_up_after_patience_and_keeps_everything(
 def test_429_retry_after_is_honoured(sink: Sink, store: StateStore) -> None:
     store.enqueue([report("a", 0), report("b", 0)])
     sink.fail_next(1, 429, retry_after="2", message="rate limited")
-    reporter = Reporter(settings(sink.url, max_in_flight=1))
+    # Retry-After is honoured up to the backoff cap (test_hostile_server: beyond it).
+    reporter = Reporter(settings(sink.url, max_in_flight=1, backoff_max_seconds=30))
     try:
         summary = Deliverer(store, reporter).drain(patience_seconds=10)
     finally:
@@ -196,7 +197,7 @@ def test_429_retry_after_http_date_is_honoured(sink: Sink, store: StateStore) ->
     store.enqueue([report("a", 0)])
     # An HTTP date has whole seconds: 3 s from now is at least 2 s away.
     sink.fail_next(1, 503, retry_after=formatdate(time.time() + 3, usegmt=True))
-    reporter = Reporter(settings(sink.url))
+    reporter = Reporter(settings(sink.url, backoff_max_seconds=30))
     try:
         assert Deliverer(store, reporter).drain(patience_seconds=10).delivered == 1
     finally:

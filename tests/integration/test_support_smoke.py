@@ -20,6 +20,7 @@ the findings are asserted, not just written down:
 from __future__ import annotations
 
 import json
+import socket
 import threading
 import time
 from typing import Any
@@ -27,7 +28,6 @@ from typing import Any
 import pytest
 import requests
 
-from asset_watcher.http1 import PlainHttpClient
 from tests.support.dagster_server import DagsterServer
 from tests.support.fast_sink import FastSink
 from tests.support.sink import RecordedRequest, Sink
@@ -432,11 +432,19 @@ def test_fast_sink_counts_keep_alive_reports_and_reads_back_their_keys() -> None
     """The benchmarks' sink: requests in one keep-alive connection, Content-Length last
     (the agent's client) or not (requests), each answered at once."""
     with FastSink() as sink:
-        client = PlainHttpClient(sink.url, {"Content-Type": "application/json"}, 5.0)
-        for n in range(3):
-            body = json.dumps({"asset_key": ["fast", f"k{n}"]}).encode()
-            assert client.post(f"/{MAT}/", body).body == b"{}"
-        client.close()
+        with socket.create_connection(("127.0.0.1", int(sink.url.rsplit(":", 1)[1])), 5) as conn:
+            reader = conn.makefile("rb")
+            for n in range(3):
+                body = json.dumps({"asset_key": ["fast", f"k{n}"]}).encode()
+                conn.sendall(
+                    f"POST /{MAT}/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n".encode()
+                    + body
+                )
+                head = b"".join(iter(reader.readline, b"\r\n"))
+                assert head.startswith(b"HTTP/1.1 200 ")
+                assert reader.read(2) == b"{}"
+            reader.close()
         assert requests.post(f"{sink.url}/{MAT}/", json={"asset_key": ["x"]}, timeout=5).ok
         received = sink.wait_for(4, timeout=10)
         assert received["keys"] == ["fast/k0", "fast/k1", "fast/k2", "x"]

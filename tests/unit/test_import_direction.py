@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 ORDER = [
     "errors", "model", "logs", "systemd", "signals", "retry", "config", "metrics", "rules",
     "fingerprint", "checks", "reports", "outbox", "scan", "settle", "watchdog_hooks", "observe",
-    "http1", "reporter", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
+    "reporter", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {

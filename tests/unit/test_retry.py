@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from email.utils import formatdate
 
 import pytest
 
 from asset_watcher.retry import (
-    RETRY_AFTER_MAX_SECONDS,
     Gate,
     LogThrottle,
     Verdict,
@@ -22,6 +22,8 @@ from asset_watcher.retry import (
     ("status", "verdict"),
     [
         (None, Verdict.RETRY),
+        (100, Verdict.RETRY),  # an interim answer where the final one belongs
+        (103, Verdict.RETRY),
         (200, Verdict.DELIVERED),
         (204, Verdict.DELIVERED),
         (301, Verdict.RETRY),  # a wrong dagster.url: keep, log, retry
@@ -31,6 +33,7 @@ from asset_watcher.retry import (
         (404, Verdict.DEAD),
         (408, Verdict.RETRY),
         (413, Verdict.DEAD),
+        (499, Verdict.DEAD),
         (422, Verdict.DEAD),
         (429, Verdict.RETRY),
         (500, Verdict.RETRY),
@@ -76,6 +79,14 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         ("soon", None),
         ("-5", None),
         ("1.5", None),  # delta-seconds are whole numbers
+        ("²", None),  # str.isdigit() says yes; float() says no
+        ("١٢", None),  # Arabic-Indic digits
+        ("+5", None),
+        ("5 s", None),
+        ("99999999999", 99999999999.0),  # uncapped by default
+        ("9" * 5000, math.inf),  # more digits than int() takes: float, still no error
+        ("Mon, 32 Foo 2026 99:99:99 GMT", None),
+        ("Fri, 31 Dec 99999 23:59:59 GMT", None),
     ],
 )
 def test_retry_after_seconds(header: str | None, seconds: float | None) -> None:
@@ -86,6 +97,19 @@ def test_retry_after_http_date() -> None:
     now = 1_800_000_000.0
     assert retry_after_seconds(formatdate(now + 90, usegmt=True), now) == 90.0
     assert retry_after_seconds(formatdate(now - 90, usegmt=True), now) == 0.0  # past: now
+
+
+@pytest.mark.parametrize(
+    "header", ["99999999999", "9" * 5000, "Fri, 31 Dec 9999 23:59:59 GMT", "120"]
+)
+def test_retry_after_is_capped(header: str) -> None:
+    assert retry_after_seconds(header, now=1_800_000_000.0, cap_seconds=60.0) == 60.0
+
+
+def test_retry_after_date_without_zone_is_utc() -> None:
+    now = 1_800_000_000.0
+    header = formatdate(now + 30, usegmt=True).replace("GMT", "-0000")
+    assert retry_after_seconds(header, now) == 30.0
 
 
 class FakeClock:
@@ -179,10 +203,12 @@ def test_gate_honours_retry_after_even_from_a_stale_request() -> None:
     assert gate.capacity(clock() + 7.0, 0, 8) == 8
 
 
-def test_gate_bounds_an_absurd_retry_after() -> None:
-    gate = Gate()
+def test_gate_bounds_an_absurd_retry_after_by_the_backoff_cap() -> None:
+    gate = Gate(cap_seconds=42.0)
     gate.on_failure(0.0, dispatched_level=0, retry_after_seconds=10 * 86400)
-    assert gate.hold_until == RETRY_AFTER_MAX_SECONDS
+    assert gate.hold_until == 42.0
+    gate.on_failure(1.0, dispatched_level=0, retry_after_seconds=math.inf)  # a stale one
+    assert gate.hold_until == 43.0
 
 
 def test_gate_pause_on_auth_probes_with_backoff_until_accepted() -> None:

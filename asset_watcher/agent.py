@@ -262,10 +262,10 @@ class Agent:
         thread = self._threads.deliverer
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                return False
+        # Closing cuts off any request still running, so a stuck sender is freed too; what
+        # it carried stays in the outbox.
         delivery.reporter.close()
-        return True
+        return thread is None or not thread.is_alive()
 
     def _queued(self) -> None:
         self._delivery.deliverer.wake()

@@ -1,9 +1,10 @@
 """A burst of 10,000 small files into one watched folder, against a sink that answers at
-once (SPEC 10: all reported within 10 s of the last write; >= 20x a shell loop of
-inotifywait + sha256sum + curl). The agent runs as `asset-watcher run` in its own process;
-the shell loop gets the same 10,000 files (about two minutes). Both are timed from the
-first write to the last report the sink received, and both report to `FastSink`, which
-runs in a process of its own and costs a tenth of the fault-test sink per request.
+once (SPEC 10: all reported within 10 s of the last write; agent CPU <= 0.8 ms per file;
+>= 10x a shell loop of inotifywait + sha256sum + curl). The agent runs as
+`asset-watcher run` in its own process; the shell loop gets the same 10,000 files (about
+two minutes). Both are timed from the first write to the last report the sink received,
+and both report to `FastSink`, which runs in a process of its own and costs a tenth of
+the fault-test sink per request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.agent_run import AgentProcess, write
-from tests.support.bench import report
+from tests.support.bench import cpu_seconds, report
 from tests.support.fast_sink import FastSink
 
 FILES = 10_000
@@ -78,13 +79,15 @@ def agent_burst(tmp_path: Path) -> dict[str, float]:
             received = sink.wait_for(FILES, timeout=900)
             assert sorted(received["keys"]) == [f"burst/f{i:05d}" for i in range(FILES)]
             done = received["last"]
+            # Everything the agent spent, start-up and catch-up scan included.
+            cpu = cpu_seconds(agent.proc.pid)
             agent.signal(signal.SIGTERM)
             assert agent.wait(60) == 0
         finally:
             agent.kill()
     with sqlite3.connect(tmp_path / "state" / "state.sqlite3") as db:
         (recorded,) = db.execute("SELECT MAX(reported_at) FROM files").fetchone()
-    return {"first": first, "last": last, "done": done, "recorded": recorded}
+    return {"first": first, "last": last, "done": done, "recorded": recorded, "cpu": cpu}
 
 
 def shell_burst(tmp_path: Path) -> dict[str, float] | None:
@@ -127,6 +130,10 @@ def test_burst_of_10000_small_files(tmp_path: Path) -> None:
             f"{agent['recorded'] - agent['last']:.2f} s (pipeline alone, before delivery)",
         ),
         ("first write -> last report", f"{agent_total:.2f} s ({FILES / agent_total:.0f} files/s)"),
+        (
+            "agent CPU per file",
+            f"{agent['cpu'] / FILES * 1000:.2f} ms (start-up included; target <= 0.8 ms)",
+        ),
     ]
     shell = shell_burst(tmp_path)
     if shell is None:
@@ -142,7 +149,7 @@ def test_burst_of_10000_small_files(tmp_path: Path) -> None:
         ("shell loop, last write -> last report", f"{shell_tail:.1f} s"),
         # The stricter of the two: the writer's own time (which varies with the disk
         # from run to run) counts for the agent as much as for the loop.
-        ("ratio, first write -> last report", f"{shell_total / agent_total:.1f}x (target >= 20x)"),
-        ("ratio, last write -> last report", f"{shell_tail / agent_tail:.1f}x (target >= 20x)"),
+        ("ratio, first write -> last report", f"{shell_total / agent_total:.1f}x (target >= 10x)"),
+        ("ratio, last write -> last report", f"{shell_tail / agent_tail:.1f}x (target >= 10x)"),
     ]
     report("burst of 10,000 small files", rows)

@@ -1,0 +1,236 @@
+"""N small new files `scan`ned into a real dagster-webserver (SQLite storage) with
+`max_in_flight = 8`, against a bare 8-thread keep-alive client POSTing the same N reports
+(SPEC 10: ours <= 1.15x the bare client; the agent is never the bottleneck).
+
+Each side gets a fresh webserver (its own DAGSTER_HOME and event log: the second side would
+otherwise write into a bigger SQLite database), started before and stopped after its turn.
+
+* reference: 8 threads, each with its own keep-alive `http.client.HTTPConnection` (the
+  leanest client the standard library has; `ASSET_WATCHER_BENCH_CLIENT=requests` uses a
+  `requests.Session` per thread instead), sharing one queue of the N bodies. The bodies
+  are the agent's own: `scan --dry-run --json` over the same folder. Timed from the first
+  POST to the last answer.
+* ours: `python -m asset_watcher scan` in a subprocess, hash sha256, timed as the wall time
+  of the process: start-up, walk, hashing, outbox, delivery. Its CPU time (user + system,
+  from wait4) is printed per file.
+
+Both sides are checked: every asset key is in Dagster, and a sample of the recorded
+materializations carries the body's data version and metadata. `ASSET_WATCHER_BENCH_FILES`
+sets N (default 2000) for quick runs.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+from tests.support import envs
+from tests.support.bench import report
+from tests.support.dagster_server import DagsterServer
+
+# Read at import: the autouse `clean_environment` fixture removes ASSET_WATCHER_* names.
+FILES = int(os.environ.get("ASSET_WATCHER_BENCH_FILES", "2000"))
+CLIENT = os.environ.get("ASSET_WATCHER_BENCH_CLIENT", "http.client")
+THREADS = 8
+ENDPOINT = "report_asset_materialization/"
+SAMPLE = 25  # materializations read back one by one (each question opens an instance)
+
+
+@pytest.fixture(scope="module")
+def dagster_python() -> str:
+    """The Dagster environment's Python, found (or built) before `clean_environment` hides
+    ASSET_WATCHER_TEST_DAGSTER_PYTHON from the test."""
+    return str(envs.dagster_python())
+
+
+def make_files(drop: Path, count: int) -> None:
+    drop.mkdir()
+    for index in range(count):
+        (drop / f"f{index:05d}.csv").write_bytes(b"id,value\n%d,%d\n" % (index, index * index))
+
+
+def write_config(path: Path, url: str, drop: Path, state: Path) -> Path:
+    path.write_text(
+        f'[dagster]\nurl = "{url}"\nmax_in_flight = {THREADS}\ntimeout_seconds = 30\n'
+        f'[state]\ndirectory = "{state}"\n'
+        f'[[watch]]\npath = "{drop}"\nasset_key = "bench/{{stem}}"\n'
+        'settle_seconds = 0\nhash = "sha256"\n'
+    )
+    return path
+
+
+def agent_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "asset_watcher", "-c", str(config), "scan", *args]
+
+
+AGENT_ENV = {"PYTHONPATH": str(REPO_ROOT)}
+
+
+def agent_bodies(config: Path) -> list[dict[str, Any]]:
+    """The bodies the agent would POST for the folder, from `scan --dry-run --json`."""
+    done = subprocess.run(
+        agent_command(config, "--dry-run", "--json"),
+        env={**os.environ, **AGENT_ENV},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    entries = [json.loads(line) for line in done.stdout.splitlines()]
+    assert all(entry["event"] == "materialization" for entry in entries)
+    return [entry["body"] for entry in entries]
+
+
+class _Poster:
+    """One thread's keep-alive connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url.rstrip("/") + "/" + ENDPOINT
+        if CLIENT == "requests":
+            import requests
+
+            self.session: Any = requests.Session()
+            self.session.headers["Content-Type"] = "application/json"
+        else:
+            parts = urlsplit(self.url)
+            self.path = parts.path
+            self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+
+    def post(self, body: bytes) -> tuple[int, bytes]:
+        if CLIENT == "requests":
+            response = self.session.post(self.url, data=body, timeout=60)
+            return response.status_code, response.content
+        self.connection.request(
+            "POST", self.path, body, headers={"Content-Type": "application/json"}
+        )
+        answer = self.connection.getresponse()
+        return answer.status, answer.read()
+
+    def close(self) -> None:
+        if CLIENT == "requests":
+            self.session.close()
+        else:
+            self.connection.close()
+
+
+def bare_client(url: str, bodies: list[bytes]) -> float:
+    """POST every body with THREADS threads; seconds from the first POST to the last
+    answer. Raises if any answer is not 200 without an error."""
+    work: queue.SimpleQueue[bytes] = queue.SimpleQueue()
+    for body in bodies:
+        work.put(body)
+    failures: list[str] = []
+    go = threading.Barrier(THREADS + 1)
+
+    def sender() -> None:
+        poster = _Poster(url)
+        try:
+            go.wait()
+            while True:
+                try:
+                    body = work.get_nowait()
+                except queue.Empty:
+                    return
+                status, content = poster.post(body)
+                if status != 200 or b'"error"' in content:
+                    failures.append(f"HTTP {status}: {content[:300]!r}")
+        except Exception as exc:  # reported below, never a silent short count
+            failures.append(repr(exc))
+        finally:
+            poster.close()
+
+    threads = [threading.Thread(target=sender, name=f"bare-{n}") for n in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    go.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    assert not failures, failures[:5]
+    return elapsed
+
+
+def run_agent(config: Path) -> tuple[float, float, str]:
+    """Wall seconds and CPU seconds (user + system) of `scan`, and its stderr."""
+    log = config.with_name("scan.log")
+    with open(log, "wb") as stderr:
+        started = time.perf_counter()
+        child = subprocess.Popen(
+            agent_command(config),
+            env={**os.environ, **AGENT_ENV},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
+        elapsed = time.perf_counter() - started
+    child.returncode = os.waitstatus_to_exitcode(status)
+    text = log.read_text()
+    assert child.returncode == 0, text
+    return elapsed, usage.ru_utime + usage.ru_stime, text
+
+
+def check_recorded(server: DagsterServer, bodies: list[dict[str, Any]]) -> None:
+    """Every report is in Dagster: each body's asset key exists (one report per key, and
+    only materializations make a key here), and a sample matches its body."""
+    assert server.all_asset_keys() == sorted(body["asset_key"] for body in bodies)
+    step = max(1, len(bodies) // SAMPLE)
+    for body in [*bodies[::step], bodies[-1]]:
+        (event,) = server.materializations(body["asset_key"])
+        assert event.data_version == body["data_version"]
+        for name in ("path", "size_bytes", "sha256"):
+            assert event.metadata[name] == body["metadata"][name]
+
+
+def test_scan_into_dagster_against_a_bare_client(
+    tmp_path: Path, dagster_python: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(envs.OVERRIDE, dagster_python)
+    drop = tmp_path / "drop"
+    make_files(drop, FILES)
+    dry_config = write_config(tmp_path / "dry.toml", "http://127.0.0.1:9", drop, tmp_path / "dry")
+    bodies = agent_bodies(dry_config)
+    assert len(bodies) == FILES
+    encoded = [json.dumps(body, ensure_ascii=False).encode() for body in bodies]
+
+    with DagsterServer() as server:  # a fresh DAGSTER_HOME, removed at stop
+        reference = bare_client(server.url, encoded)
+        check_recorded(server, bodies)
+
+    with DagsterServer() as server:  # a fresh DAGSTER_HOME, removed at stop
+        config = write_config(tmp_path / "config.toml", server.url, drop, tmp_path / "state")
+        ours, cpu, stderr = run_agent(config)
+        assert f"{FILES} reported" in stderr and f"{FILES} delivered, 0 pending, 0 dead" in stderr
+        check_recorded(server, bodies)
+
+    load = os.getloadavg()
+    report(
+        f"scan of {FILES} new small files into dagster-webserver, max_in_flight {THREADS}",
+        [
+            ("files", f"{FILES} x ~20 bytes, sha256, one asset key each"),
+            ("load average", " ".join(f"{value:.2f}" for value in load)),
+            (
+                f"bare client ({THREADS} threads, {CLIENT} each)",
+                f"{reference:.2f} s ({FILES / reference:.0f} reports/s)",
+            ),
+            (
+                "asset-watcher scan (process wall time)",
+                f"{ours:.2f} s ({FILES / ours:.0f} reports/s)",
+            ),
+            ("asset-watcher CPU", f"{cpu:.2f} s ({cpu / FILES * 1000:.2f} ms per file)"),
+            ("ratio ours / bare client", f"{ours / reference:.2f} (target <= 1.15)"),
+        ],
+    )

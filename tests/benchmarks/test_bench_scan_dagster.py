@@ -12,7 +12,8 @@ otherwise write into a bigger SQLite database), started before and stopped after
   POST to the last answer.
 * ours: `python -m asset_watcher scan` in a subprocess, hash sha256, timed as the wall time
   of the process: start-up, walk, hashing, outbox, delivery. Its CPU time (user + system,
-  from wait4) is printed per file.
+  from wait4) is printed per file, and its phases: start-up, the walk (which records
+  every version in the outbox before delivery begins) and delivery.
 
 Both sides are checked: every asset key is in Dagster, and a sample of the recorded
 materializations carries the body's data version and metadata. The webserver's own CPU per
@@ -27,6 +28,7 @@ import http.client
 import json
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -166,10 +168,12 @@ def bare_client(url: str, bodies: list[bytes]) -> float:
     return elapsed
 
 
-def run_agent(config: Path) -> tuple[float, float, str]:
-    """Wall seconds and CPU seconds (user + system) of `scan`, and its stderr."""
-    log = config.with_name("scan.log")
+def run_agent(config: Path) -> dict[str, Any]:
+    """Wall seconds and CPU seconds (user + system) of `scan`, the moment it started (epoch
+    seconds, to compare with the state's timestamps), and its stderr."""
+    log = config.with_name(config.stem + ".log")
     with open(log, "wb") as stderr:
+        began = time.time()
         started = time.perf_counter()
         child = subprocess.Popen(
             agent_command(config),
@@ -183,7 +187,20 @@ def run_agent(config: Path) -> tuple[float, float, str]:
     child.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
     assert child.returncode == 0, text
-    return elapsed, usage.ru_utime + usage.ru_stime, text
+    return {
+        "wall": elapsed,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "began": began,
+        "stderr": text,
+    }
+
+
+def scan_phases(state: Path, began: float, wall: float) -> tuple[float, float, float]:
+    """Seconds of start-up (to the first version recorded), of the walk (hash and outbox
+    included, to the last version recorded: `scan` delivers after it), and of delivery."""
+    with sqlite3.connect(state / "state.sqlite3") as db:
+        first, last = db.execute("SELECT MIN(reported_at), MAX(reported_at) FROM files").fetchone()
+    return first - began, last - first, began + wall - last
 
 
 def check_recorded(server: DagsterServer, bodies: list[dict[str, Any]]) -> None:
@@ -208,16 +225,18 @@ def reference_side(bodies: list[dict[str, Any]], encoded: list[bytes]) -> dict[s
     return {"wall": wall, "server_cpu": served}
 
 
-def agent_side(bodies: list[dict[str, Any]], drop: Path, state: Path) -> dict[str, float]:
+def agent_side(bodies: list[dict[str, Any]], drop: Path, state: Path) -> dict[str, Any]:
     with DagsterServer() as server:
         assert server.pid is not None
         config = write_config(state.with_suffix(".toml"), server.url, drop, state)
         before = cpu_seconds(server.pid)
-        wall, cpu, stderr = run_agent(config)
+        run = run_agent(config)
         served = cpu_seconds(server.pid) - before
-        assert f"{FILES} reported" in stderr and f"{FILES} delivered, 0 pending, 0 dead" in stderr
+        assert f"{FILES} reported" in run["stderr"], run["stderr"]
+        assert f"{FILES} delivered, 0 pending, 0 dead" in run["stderr"], run["stderr"]
         check_recorded(server, bodies)
-    return {"wall": wall, "cpu": cpu, "server_cpu": served}
+    phases = scan_phases(state, run["began"], run["wall"])
+    return {"wall": run["wall"], "cpu": run["cpu"], "server_cpu": served, "phases": phases}
 
 
 def test_scan_into_dagster_against_a_bare_client(
@@ -234,7 +253,7 @@ def test_scan_into_dagster_against_a_bare_client(
     # Rounds in the order reference, ours, ours, reference, ...: a load that drifts during
     # the run weighs on both sides alike.
     references: list[dict[str, float]] = []
-    ours: list[dict[str, float]] = []
+    ours: list[dict[str, Any]] = []
     for turn in range(2 * ROUNDS):
         if turn % 4 in (0, 3):
             references.append(reference_side(bodies, encoded))
@@ -260,6 +279,12 @@ def test_scan_into_dagster_against_a_bare_client(
             (
                 f"round {n}: asset-watcher CPU",
                 f"{mine['cpu']:.2f} s ({mine['cpu'] / FILES * 1000:.2f} ms per file)",
+            ),
+            (
+                f"round {n}: asset-watcher phases",
+                "start-up {:.2f} s, walk + hash + outbox {:.2f} s, delivery {:.2f} s".format(
+                    *mine["phases"]
+                ),
             ),
             (f"round {n}: ratio ours / bare client", f"{mine['wall'] / theirs['wall']:.2f}"),
         ]

@@ -9,6 +9,9 @@
 - `extra`: in that Dagster environment (which has watchdog 6, as dagster pins it), the
   dagster extra's tests (`build_definitions`, `demo`) and every watch-mode test again, so
   both supported watchdog majors run the watch-mode tests.
+- `py310` (not run by default: needs a python3.10 on the machine): the unit and watch-mode
+  tests on Python 3.10 from the lock's 3.10 branch (watchdog 6, tomli), as a host with
+  Python 3.10 installs it.
 """
 
 from __future__ import annotations
@@ -66,3 +69,11 @@ def extra(session: nox.Session) -> None:
     session.run(
         dagster_python, "-m", "pytest", "-m", "watch", "tests/unit", "tests/integration", env=env
     )
+
+
+@nox.session(python="3.10", default=False)
+def py310(session: nox.Session) -> None:
+    _install_locked(session)
+    session.run("python", "-c", "import watchdog.version as v; print('watchdog', v.VERSION_STRING)")
+    session.run("python", "-m", "pytest", "tests/unit", "-m", "not benchmark", *session.posargs)
+    session.run("python", "-m", "pytest", "-m", "watch", "tests/integration", *session.posargs)

@@ -16,6 +16,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import nox
 
 nox.options.sessions = ["lint", "tests", "extra"]
@@ -39,7 +41,10 @@ def lint(session: nox.Session) -> None:
 
 
 def _dagster_python(session: nox.Session) -> str:
-    output = session.run("python", "tests/support/envs.py", silent=True)
+    # nox's own Python where the session has none (`extra`): a fresh host may have no
+    # `python` on PATH.
+    python = "python" if session.venv_backend != "none" else sys.executable
+    output = session.run(python, "tests/support/envs.py", silent=True)
     assert isinstance(output, str)
     return output.strip().splitlines()[-1]
 
@@ -67,7 +72,15 @@ def extra(session: nox.Session) -> None:
     )
     session.run(dagster_python, "-m", "pytest", "tests/dagster_extra", *session.posargs, env=env)
     session.run(
-        dagster_python, "-m", "pytest", "-m", "watch", "tests/unit", "tests/integration", env=env
+        dagster_python,
+        "-m",
+        "pytest",
+        "-m",
+        "watch",
+        "tests/unit",
+        "tests/integration",
+        *session.posargs,
+        env=env,
     )
 
 

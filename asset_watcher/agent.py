@@ -56,6 +56,8 @@ STATUS_SECONDS = 10.0
 MAIN_WAIT_SECONDS = 0.1
 # At most one overflow warning per this many seconds (a flood overflows repeatedly).
 OVERFLOW_LOG_SECONDS = 10.0
+# How long the deliverer gets to end once its reporter closed (which frees its senders).
+DELIVERER_AFTER_CLOSE_SECONDS = 2.0
 # Rescans of rules with rescan_interval_seconds = 0 where inotify overflows go unheard.
 OVERFLOW_FALLBACK_RESCAN_SECONDS = 3600.0
 
@@ -262,9 +264,11 @@ class Agent:
         thread = self._threads.deliverer
         if thread is not None:
             thread.join(max(0.0, deadline - time.monotonic()))
-        # Closing cuts off any request still running, so a stuck sender is freed too; what
-        # it carried stays in the outbox.
+        # Closing cuts off any request still running, so a stuck sender is freed too (what
+        # it carried stays in the outbox); the deliverer then ends within a moment.
         delivery.reporter.close()
+        if thread is not None and thread.is_alive():
+            thread.join(DELIVERER_AFTER_CLOSE_SECONDS)
         return thread is None or not thread.is_alive()
 
     def _queued(self) -> None:
@@ -499,8 +503,7 @@ class Agent:
         """Periodic rescans: rescan_interval_seconds, or the poll interval for folders
         without a working watch."""
         intervals = {r.name: r.settings.rescan_interval_seconds or 0.0 for r in self.rules}
-        hooks = watchdog_hooks.status()
-        if hooks is not None and not hooks.has(watchdog_hooks.OVERFLOW):
+        if not watchdog_hooks.attach().has(watchdog_hooks.OVERFLOW):
             # Overflows go unheard: a rule that never rescans would never find lost events.
             for name, interval in intervals.items():
                 if not interval:

@@ -287,10 +287,18 @@ def _pool_manager(settings: DagsterSettings) -> tuple[urllib3.PoolManager | None
     manager: urllib3.PoolManager
     if not proxy:
         manager = urllib3.PoolManager(**kwargs)
-    elif urllib3.util.parse_url(proxy).scheme in ("http", "https"):
-        manager = urllib3.ProxyManager(proxy, **kwargs)
     else:
-        return None, f"the proxy {proxy} is not an http:// or https:// proxy"
+        parts = urllib3.util.parse_url(proxy)
+        if parts.scheme not in ("http", "https"):
+            # Named without its user and password, which must never reach a log line.
+            where = f"{parts.scheme}://{parts.host}" + (f":{parts.port}" if parts.port else "")
+            return None, f"the proxy {where} from the environment is not an http(s):// proxy"
+        user, password = requests.utils.get_auth_from_url(proxy)
+        auth = {}
+        if user or password:  # as requests does it: the URL's user info, as Basic auth
+            auth = urllib3.make_headers(proxy_basic_auth=f"{user}:{password}")
+        bare = parts._replace(auth=None).url
+        manager = urllib3.ProxyManager(bare, proxy_headers=auth, **kwargs)
     manager.pool_classes_by_scheme = dict(_POOL_CLASSES)
     return manager, ""
 
@@ -318,7 +326,7 @@ def _tls_settings(verify_tls: bool | str) -> dict[str, Any]:
 
 
 class Reporter:
-    """A keep-alive session to one Dagster, shared by every sender thread."""
+    """Keep-alive connection pools to one Dagster, shared by every sender thread."""
 
     def __init__(self, settings: DagsterSettings, token: SecretStr | None = None) -> None:
         self.settings = settings
@@ -337,7 +345,7 @@ class Reporter:
         )
         self._manager, self._setup_error = _pool_manager(settings)
         self._proxied = isinstance(self._manager, urllib3.ProxyManager)
-        self._openers: dict[str, Callable[..., urllib3.BaseHTTPResponse]] = {}
+        self._targets: dict[EventKind, tuple[Callable[..., urllib3.BaseHTTPResponse], str]] = {}
         self._watchdog = _Watchdog()
 
     def url(self, kind: EventKind) -> str:
@@ -347,9 +355,11 @@ class Reporter:
         """Send one stored body; never raises for network trouble. Returns within
         `timeout_seconds` (plus what resolving the host name takes)."""
         deadline = self._watchdog.begin(self.settings.timeout_seconds)
+        if deadline.expired:  # closed: nothing more is sent
+            return self._timed_out()
         _current.request = (self._watchdog, deadline)
         try:
-            status, content, retry_after = self._exchange(self.url(kind), body.encode("utf-8"))
+            status, content, retry_after = self._exchange(kind, body.encode("utf-8"))
         except Exception as exc:
             answer = self._failure(exc, deadline)
             if answer is None:
@@ -364,12 +374,13 @@ class Reporter:
             return self._timed_out()
         return self._answer(status, content, retry_after)
 
-    def _exchange(self, url: str, data: bytes) -> tuple[int, bytes, str | None]:
+    def _exchange(self, kind: EventKind, data: bytes) -> tuple[int, bytes, str | None]:
         if self._manager is None:
             raise OSError(self._setup_error)
-        response = self._opener(url)(
+        urlopen, target = self._target(kind)
+        response = urlopen(
             "POST",
-            url if self._proxied else urllib3.util.parse_url(url).request_uri,
+            target,
             body=data,
             headers=self._headers,
             timeout=self._timeout,
@@ -393,20 +404,22 @@ class Reporter:
             response.release_conn()  # a fully read connection goes back to the pool
         return status, content, response.headers.get("Retry-After")
 
-    def _opener(self, url: str) -> Callable[..., urllib3.BaseHTTPResponse]:
-        """What sends to `url`: its connection pool, looked up once (the PoolManager's
-        lookup parses the URL and builds a pool key on every request); through a proxy,
-        the ProxyManager, which adds the proxy's headers."""
-        opener = self._openers.get(url)
-        if opener is None:
+    def _target(self, kind: EventKind) -> tuple[Callable[..., urllib3.BaseHTTPResponse], str]:
+        """What sends to `kind`'s endpoint, and the request target it takes, worked out
+        once: its connection pool and path (the PoolManager would parse the URL and build
+        a pool key on every request); through a proxy, the ProxyManager, which adds the
+        proxy's headers, and the whole URL."""
+        found = self._targets.get(kind)
+        if found is None:
             assert self._manager is not None
-            opener = (
-                self._manager.urlopen
-                if self._proxied
-                else self._manager.connection_from_url(url).urlopen
-            )
-            self._openers[url] = opener
-        return opener
+            url = self.url(kind)
+            if self._proxied:
+                found = (self._manager.urlopen, url)
+            else:
+                pool = self._manager.connection_from_url(url)
+                found = (pool.urlopen, urllib3.util.parse_url(url).request_uri)
+            self._targets[kind] = found
+        return found
 
     def _failure(self, exc: Exception, deadline: _Deadline) -> Answer | None:
         """The answer for a request that raised; None if `exc` is not about the network."""
@@ -645,7 +658,7 @@ _Signal = _Result | None
 
 
 class Deliverer:
-    """Delivers the outbox: up to `max_in_flight` requests at once over one session, the
+    """Delivers the outbox: up to `max_in_flight` requests at once over one reporter, the
     reports of each order key strictly one after the other, retries behind a shared gate.
 
     One thread, the caller of `run` or `drain`, decides everything: it reads due reports,

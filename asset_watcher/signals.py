@@ -39,7 +39,7 @@ class SignalFlags:
     """What the handlers saw. Written by the handlers only, read by the main thread.
 
     `hangups` is a counter rather than a bool the reader clears, so the handler is its
-    only writer: the reader keeps the last value it acted on (`take_hangups`).
+    only writer: the reader keeps the last value it acted on (`HangupCounter.take`).
     """
 
     stop_signal: str | None = None  # "SIGTERM", "SIGINT" (or "SIGHUP" when it stops)

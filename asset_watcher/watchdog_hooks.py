@@ -134,10 +134,6 @@ class HookStatus:
     def has(self, hook: str) -> bool:
         return hook in self.attached
 
-    @property
-    def complete(self) -> bool:
-        return not self.missing
-
 
 def watchdog_major() -> int | None:
     try:

@@ -140,3 +140,40 @@ def test_an_http_proxy_from_the_environment_is_used(
     (request,) = sink.requests
     assert request.target == "http://dagster.example:3000/prefix/report_asset_observation/"
     assert request.header("content-type") == "application/json"
+
+
+def test_a_proxy_with_a_user_gets_basic_auth_and_its_password_is_never_shown(
+    sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import base64
+
+    from asset_watcher.config import DagsterSettings
+    from asset_watcher.model import EventKind
+    from asset_watcher.reporter import Reporter
+    from asset_watcher.retry import Verdict
+
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    host_port = sink.url.removeprefix("http://")
+    monkeypatch.setenv("HTTP_PROXY", f"http://alice:s%40cret@{host_port}")
+    reporter = Reporter(DagsterSettings(url="http://dagster.example:3000"))
+    try:
+        answer = reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
+    finally:
+        reporter.close()
+    assert answer.verdict is Verdict.DELIVERED
+    (request,) = sink.requests
+    assert request.target == "http://dagster.example:3000/report_asset_observation/"
+    expected = base64.b64encode(b"alice:s@cret").decode()
+    assert request.header("proxy-authorization") == f"Basic {expected}"
+
+    # A proxy kind urllib3 cannot speak: delivery waits, and the error names no password.
+    monkeypatch.setenv("HTTP_PROXY", f"socks5://alice:s%40cret@{host_port}")
+    reporter = Reporter(DagsterSettings(url="http://dagster.example:3000"))
+    try:
+        answer = reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
+    finally:
+        reporter.close()
+    assert answer.verdict is Verdict.RETRY
+    assert "socks5://" in answer.detail
+    assert "cret" not in answer.detail and "alice" not in answer.detail

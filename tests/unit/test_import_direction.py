@@ -17,6 +17,7 @@ ORDER = [
 THIRD_PARTY_HOMES = {
     "watchdog": ("observe", "watchdog_hooks"),  # its private internals: watchdog_hooks only
     "requests": ("reporter",),
+    "urllib3": ("reporter",),
     "sqlite3": ("outbox",),
     "pydantic": ("config",),
     "pydantic_settings": ("config",),

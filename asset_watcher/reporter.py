@@ -78,6 +78,8 @@ class Answer:
     verdict: Verdict
     status: int | None
     detail: str
+    # Retry-After in seconds from now, capped at backoff_max_seconds when it was read
+    # (retry.retry_after_seconds), so the report's own next attempt is bounded as well.
     retry_after_seconds: float | None = None
 
 
@@ -1022,9 +1024,7 @@ class Deliverer:
 
     def _retry(self, flight: _Flight, answer: Answer, now: float) -> None:
         item, gate = flight.item, self.gate
-        retry_after = answer.retry_after_seconds
-        if retry_after is not None:  # the server's wish, up to our cap
-            retry_after = min(max(retry_after, 0.0), self.backoff_max_seconds)
+        retry_after = answer.retry_after_seconds  # the server's wish, already capped
         gate.on_failure(now, flight.level, retry_after)
         if retry_after is None and not is_shared_trouble(answer.status):
             # Perhaps this body alone upsets Dagster (a 500): it waits on its own.

@@ -397,6 +397,8 @@ class Watch:
             return False
         if not observer.emitters or not all(e.is_alive() for e in observer.emitters):
             return False
+        if not watchdog_hooks.readers_alive(observer):
+            return False
         return _root_identity(self.root) == self.identity
 
     def add_folder_watches(self, folder: str) -> bool:

@@ -84,6 +84,8 @@ HOOKED_NAMES: dict[int, dict[str, str]] = {
         # itself (on_event: is_moved_to, source not watched -> _add_all_callbacks).
         f"{_O}:InotifyWatchGroup.on_event": "function",
         f"{_O}:InotifyWatchGroup._add_all_callbacks": "function",
+        # Not wrapped, looked at: the thread that reads the events for an emitter.
+        f"{_O}:InotifyEmitter._inotify_fd": "attribute",
     },
 }
 
@@ -466,6 +468,18 @@ def watch_moved_in(observer: Any, folder: str) -> bool:
                     continue
                 return True  # heard by the failure listener: the agent degrades and rescans
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(current, d))]
+    return True
+
+
+def readers_alive(observer: Any) -> bool:
+    """Whether the threads that read inotify events for `observer`'s emitters run. On 7
+    an `InotifyFD` thread of its own reads them, and its death stops no emitter: every
+    watch would go quiet while the emitters look alive. On 6 each emitter reads itself."""
+    for emitter in list(getattr(observer, "emitters", ())):
+        reader = getattr(emitter, "_inotify_fd", None)
+        is_alive = getattr(reader, "is_alive", None)
+        if callable(is_alive) and not is_alive():
+            return False
     return True
 
 

@@ -201,3 +201,25 @@ def test_fd_hygiene_never_closes_a_descriptor_watchdog_7_holds(tmp_path: Path) -
         poll_until(lambda: changes.has(ChangeKind.WRITTEN, tmp_path / "a.csv"))
     finally:
         watch.stop()
+
+
+@linux_only
+@pytest.mark.skipif(MAJOR != 7, reason="on watchdog 6 each emitter reads its own events")
+def test_a_dead_event_reader_makes_the_watch_unhealthy(tmp_path: Path) -> None:
+    """On 7 an InotifyFD thread reads for the emitters; if it ends, every watch goes quiet
+    while the emitters still run. The agent's supervisor restarts a Watch that is not
+    alive, so is_alive() must see it."""
+    watch = Watch(str(tmp_path), "inotify", Changes().put)
+    watch.start()
+    try:
+        assert watch.is_alive()
+        observer = watch._observer
+        assert observer is not None
+        (emitter,) = observer.emitters
+        reader = emitter._inotify_fd  # type: ignore[attr-defined]
+        reader.stop()
+        reader.join(5)
+        assert not hooks.readers_alive(observer)
+        assert not watch.is_alive()
+    finally:
+        watch.stop()

@@ -198,6 +198,7 @@ def upload_part(path: Path, data: bytes) -> None:
     case of a link within the last write's clock tick, where ctime == mtime."""
     with open(path, "wb") as handle:
         handle.write(data)
+        handle.flush()  # written now: a write at close would set mtime again
         later = time.time_ns() + 3600 * 10**9
         os.utime(handle.fileno(), ns=(later, later))
 

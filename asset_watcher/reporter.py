@@ -639,11 +639,14 @@ class DrainSummary:
     dead: int = 0
     set_aside: int = 0  # repeated partitioned check evaluations (SPEC 6)
     paused: bool = False
-    # What left reports undelivered or dead at the end (an error retried and then
-    # recovered from is not named), or None: `pending_error` or else `dead_error`.
-    last_error: str | None = None
     pending_error: str | None = None  # the pause, or the latest failure still pending
     dead_error: str | None = None  # the latest dead letter's
+
+    @property
+    def last_error(self) -> str | None:
+        """What left reports undelivered or dead at the end (an error retried and then
+        recovered from is not named), or None."""
+        return self.pending_error or self.dead_error
 
 
 @dataclass(frozen=True)
@@ -652,6 +655,7 @@ class _Flight:
 
     item: OutboxItem
     level: int  # the gate's level when it started: failures of one round count once
+    check: tuple[str, str] | None  # partitioned_check(item), read once
 
 
 _Result = tuple[_Flight, Answer]
@@ -769,7 +773,6 @@ class Deliverer:
                 self._serving.release()
         summary.pending_error = self._pending_error()
         summary.dead_error = self._dead_error
-        summary.last_error = summary.pending_error or summary.dead_error
         return summary
 
     def _pending_error(self) -> str | None:
@@ -825,9 +828,10 @@ class Deliverer:
             item = self._take(now)
             if item is None:
                 return
-            if self._is_repeated_evaluation(item):
+            check = partitioned_check(item)
+            if check is not None and self._is_repeated_evaluation(item, check):
                 continue
-            flight = _Flight(item, self.gate.level)
+            flight = _Flight(item, self.gate.level, check)
             self._in_flight[item.id] = flight
             jobs.put(flight)
             room -= 1
@@ -849,11 +853,10 @@ class Deliverer:
                 return None
         return self._ready.popleft()
 
-    def _is_repeated_evaluation(self, item: OutboxItem) -> bool:
+    def _is_repeated_evaluation(self, item: OutboxItem, check: tuple[str, str]) -> bool:
         """A partitioned check evaluation Dagster already holds is set aside, not sent:
         Dagster would write it to its event log and answer 500 (SPEC 6)."""
-        check = partitioned_check(item)
-        if check is None or not self.store.has_check_evaluation(*check):
+        if not self.store.has_check_evaluation(*check):
             return False
         self.store.set_aside(item.id, REPEAT_NOT_SENT, check)
         self._summary.set_aside += 1
@@ -942,12 +945,10 @@ class Deliverer:
             else:
                 answers.append(signal)
         # One transaction acknowledges every delivered report of this round.
-        delivered = [
-            flight.item for flight, answer in answers if answer.verdict is Verdict.DELIVERED
-        ]
+        delivered = [flight for flight, answer in answers if answer.verdict is Verdict.DELIVERED]
         self.store.ack_many(
-            [item.id for item in delivered],
-            [check for item in delivered if (check := partitioned_check(item)) is not None],
+            [flight.item.id for flight in delivered],
+            [flight.check for flight in delivered if flight.check is not None],
         )
         progress = False
         for flight, answer in answers:
@@ -969,7 +970,7 @@ class Deliverer:
         if answer.verdict is Verdict.DEAD:
             self.store.dead_letter(item.id, answer.detail)
             self._summary.dead += 1
-            self._summary.last_error = self._dead_error = answer.detail
+            self._dead_error = answer.detail
             metrics.report_outcome(kind, "dead")
             if answer.status is None:
                 return True  # never reached Dagster (the sender logged why): proves nothing
@@ -990,17 +991,15 @@ class Deliverer:
             self.gate.on_failure(now, flight.level, pause=True)
             self.store.note_error(message)
             self._summary.paused = True
-            self._summary.last_error = self._pause_message = message
+            self._pause_message = message
             metrics.report_outcome(kind, "unauthorized")
             metrics.set_paused(True)
             if self._auth_log.ready(now):
                 log.error("%s", message)
             return False
-        if answer.status == 500 and _second_500(item):
-            check = partitioned_check(item)
-            if check is not None:
-                self._set_aside_refused(flight, check, now)
-                return True
+        if answer.status == 500 and flight.check is not None and _second_500(item):
+            self._set_aside_refused(flight, flight.check, now)
+            return True
         self._unresolved[item.id] = answer.detail
         self._retry(flight, answer, now)
         return False
@@ -1033,7 +1032,6 @@ class Deliverer:
             next_at = max(gate.hold_until, now + (retry_after or 0.0))
         self.store.retry_later(item.id, next_at, answer.detail)
         self._failed_ids.add(item.id)
-        self._summary.last_error = answer.detail
         metrics.report_outcome(item.kind.value, "retried")
         metrics.retried("network" if answer.status is None else f"http_{answer.status}")
         log.debug("%s failed (%s), retry in %.1fs", describe(item), answer.detail, next_at - now)

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from asset_watcher.config import DagsterSettings
+from asset_watcher.model import EventKind
+from asset_watcher.reporter import Answer, Reporter
+from asset_watcher.retry import Verdict
 from tests.conftest import CliRun
 from tests.support.sink import Sink
 
@@ -120,22 +125,23 @@ def test_explain_says_links_are_not_followed(
     assert all("secret" not in str(r.json) for r in sink.requests)
 
 
+def post_through_proxy(monkeypatch: pytest.MonkeyPatch, proxy: str, url: str) -> Answer:
+    """One observation to `url` with `proxy` as $HTTP_PROXY (no NO_PROXY)."""
+    monkeypatch.setenv("HTTP_PROXY", proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    reporter = Reporter(DagsterSettings(url=url))
+    try:
+        return reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
+    finally:
+        reporter.close()
+
+
 def test_an_http_proxy_from_the_environment_is_used(
     sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from asset_watcher.config import DagsterSettings
-    from asset_watcher.model import EventKind
-    from asset_watcher.reporter import Reporter
-    from asset_watcher.retry import Verdict
-
-    monkeypatch.setenv("HTTP_PROXY", sink.url)  # the sink plays the proxy
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
-    reporter = Reporter(DagsterSettings(url="http://dagster.example:3000/prefix"))
-    try:
-        answer = reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
-    finally:
-        reporter.close()
+    # the sink plays the proxy
+    answer = post_through_proxy(monkeypatch, sink.url, "http://dagster.example:3000/prefix")
     assert answer.verdict is Verdict.DELIVERED
     (request,) = sink.requests
     assert request.target == "http://dagster.example:3000/prefix/report_asset_observation/"
@@ -145,22 +151,9 @@ def test_an_http_proxy_from_the_environment_is_used(
 def test_a_proxy_with_a_user_gets_basic_auth_and_its_password_is_never_shown(
     sink: Sink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import base64
-
-    from asset_watcher.config import DagsterSettings
-    from asset_watcher.model import EventKind
-    from asset_watcher.reporter import Reporter
-    from asset_watcher.retry import Verdict
-
-    monkeypatch.delenv("NO_PROXY", raising=False)
-    monkeypatch.delenv("no_proxy", raising=False)
     host_port = sink.url.removeprefix("http://")
-    monkeypatch.setenv("HTTP_PROXY", f"http://alice:s%40cret@{host_port}")
-    reporter = Reporter(DagsterSettings(url="http://dagster.example:3000"))
-    try:
-        answer = reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
-    finally:
-        reporter.close()
+    proxy = f"http://alice:s%40cret@{host_port}"
+    answer = post_through_proxy(monkeypatch, proxy, "http://dagster.example:3000")
     assert answer.verdict is Verdict.DELIVERED
     (request,) = sink.requests
     assert request.target == "http://dagster.example:3000/report_asset_observation/"
@@ -168,12 +161,8 @@ def test_a_proxy_with_a_user_gets_basic_auth_and_its_password_is_never_shown(
     assert request.header("proxy-authorization") == f"Basic {expected}"
 
     # A proxy kind urllib3 cannot speak: delivery waits, and the error names no password.
-    monkeypatch.setenv("HTTP_PROXY", f"socks5://alice:s%40cret@{host_port}")
-    reporter = Reporter(DagsterSettings(url="http://dagster.example:3000"))
-    try:
-        answer = reporter.post(EventKind.OBSERVATION, '{"asset_key": ["a"]}')
-    finally:
-        reporter.close()
+    proxy = f"socks5://alice:s%40cret@{host_port}"
+    answer = post_through_proxy(monkeypatch, proxy, "http://dagster.example:3000")
     assert answer.verdict is Verdict.RETRY
     assert "socks5://" in answer.detail
     assert "cret" not in answer.detail and "alice" not in answer.detail

@@ -356,6 +356,7 @@ class Watch:
         if self.kind == "inotify":
             from watchdog.observers.inotify import InotifyObserver
 
+            watchdog_hooks.quiet_harmless_warnings()
             observer = InotifyObserver(generate_full_events=True)
             events = _INOTIFY_EVENTS
         else:

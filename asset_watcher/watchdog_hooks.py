@@ -31,6 +31,7 @@ import logging
 import os
 import stat
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, AnyStr
@@ -469,6 +470,21 @@ def watch_moved_in(observer: Any, folder: str) -> bool:
                 return True  # heard by the failure listener: the agent degrades and rescans
             dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(current, d))]
     return True
+
+
+def quiet_harmless_warnings() -> None:
+    """Silence the one warning watchdog 7 gives for what it handles well: a new folder's
+    watch added twice (its own walk of a `mkdir -p` tree, then that folder's IN_CREATE),
+    which overwrites a callback with itself. It is raised on watchdog's event-reading
+    thread: turned into an error (`python -W error`, pytest's `filterwarnings = error`)
+    it ends that thread and every watch goes quiet; left alone it is noise in the journal.
+    Called before each inotify observer starts: a filter added once would not outlive
+    a `warnings.catch_warnings()` block around it (pytest has one per test)."""
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Callback with id '\d+' already exists for watch",
+        category=RuntimeWarning,
+    )
 
 
 def readers_alive(observer: Any) -> bool:

@@ -223,3 +223,19 @@ def test_a_dead_event_reader_makes_the_watch_unhealthy(tmp_path: Path) -> None:
         assert not watch.is_alive()
     finally:
         watch.stop()
+
+
+def test_only_watchdogs_harmless_double_add_warning_is_silenced() -> None:
+    """Under `filterwarnings = error` the double-add warning ended watchdog 7's reader
+    thread after a `mkdir -p` with files in it (the watch went quiet); others still count."""
+    import warnings
+
+    hooks.quiet_harmless_warnings()
+    warnings.warn(
+        "Callback with id '140349235161040' already exists for watch <Watch wd=5>. "
+        "It will be Overwritten.",
+        RuntimeWarning,
+        stacklevel=1,
+    )
+    with pytest.raises(RuntimeWarning):
+        warnings.warn("something else", RuntimeWarning, stacklevel=1)

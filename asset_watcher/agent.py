@@ -24,23 +24,23 @@ from dataclasses import dataclass, field, replace
 
 from asset_watcher import metrics, systemd, watchdog_hooks
 from asset_watcher.config import Config, load_config
+from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
 from asset_watcher.logs import add_secret
-from asset_watcher.model import display_path
+from asset_watcher.model import Change, ChangeKind
 from asset_watcher.observe import (
-    Change,
-    ChangeKind,
     ObserverKind,
     Watch,
     WatchError,
     choose_observer,
     limit_advice,
 )
-from asset_watcher.outbox import StateStore
+from asset_watcher.paths import display_path, is_under
 from asset_watcher.pipeline import Pipeline, Scanner
-from asset_watcher.reporter import Deliverer, Reporter
+from asset_watcher.reporter import Reporter
 from asset_watcher.rules import Rule, compile_rules
 from asset_watcher.signals import HangupCounter, SignalFlags, handle_signals
+from asset_watcher.state import StateStore
 
 log = logging.getLogger(__name__)
 
@@ -80,20 +80,16 @@ class WatchPlan:
         return (self.root, self.kind, self.recursive, interval)
 
 
-def _inside(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
 def plan_watches(rules: Sequence[Rule]) -> list[WatchPlan]:
     """One watch per folder; a folder already inside another recursive watch of the same
     kind gets none of its own (two watches would report every move twice)."""
     plans: dict[tuple[str, str, bool], WatchPlan] = {}
     for rule in rules:
-        setting = rule.settings.observer or "auto"
+        setting = rule.settings.observer
         kind, reason = choose_observer(setting, rule.root)
-        recursive = bool(rule.settings.recursive)
+        recursive = rule.settings.recursive
         key = (rule.root, kind, recursive)
-        interval = rule.settings.poll_interval_seconds or 5.0
+        interval = rule.settings.poll_interval_seconds
         if key in plans:
             old = plans[key]
             plans[key] = replace(
@@ -113,7 +109,7 @@ def plan_watches(rules: Sequence[Rule]) -> list[WatchPlan]:
             (
                 i
                 for i, other in enumerate(kept)
-                if other.kind == plan.kind and other.recursive and _inside(plan.root, other.root)
+                if other.kind == plan.kind and other.recursive and is_under(plan.root, other.root)
             ),
             None,
         )
@@ -502,7 +498,7 @@ class Agent:
     def _update_intervals(self) -> None:
         """Periodic rescans: rescan_interval_seconds, or the poll interval for folders
         without a working watch."""
-        intervals = {r.name: r.settings.rescan_interval_seconds or 0.0 for r in self.rules}
+        intervals = {r.name: r.settings.rescan_interval_seconds for r in self.rules}
         if not watchdog_hooks.attach().has(watchdog_hooks.OVERFLOW):
             # Overflows go unheard: a rule that never rescans would never find lost events.
             for name, interval in intervals.items():

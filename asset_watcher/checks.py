@@ -30,7 +30,8 @@ from asset_watcher.config import (
     RowCountCheck,
     SizeCheck,
 )
-from asset_watcher.model import FileMatch, Fingerprint, display_path, utf8_path
+from asset_watcher.model import FileMatch, Fingerprint
+from asset_watcher.paths import display_path, utf8_path
 from asset_watcher.rules import Rule
 
 log = logging.getLogger(__name__)
@@ -244,7 +245,7 @@ def evaluate(
 
 def run_checks(rule: Rule, match: FileMatch, print_: Fingerprint) -> list[CheckResult]:
     """Every check of the rule on one completed file version, in configured order."""
-    follow = bool(rule.settings.follow_symlinks)
+    follow = rule.settings.follow_symlinks
     return [
         evaluate(check, match, print_, follow_symlinks=follow) for check in rule.settings.checks
     ]

@@ -157,9 +157,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_scan(args: argparse.Namespace) -> int:
-    from asset_watcher.outbox import StateStore
     from asset_watcher.rules import compile_rules
     from asset_watcher.scan import scan
+    from asset_watcher.state import StateStore
 
     config = _load(args)
     rules = compile_rules(config)
@@ -207,7 +207,8 @@ def _deliver_and_summarize(
     before = store.counts()
     dead_before = before.dead
     if before.pending:  # an idle rescan never loads the HTTP stack
-        from asset_watcher.reporter import Deliverer, Reporter
+        from asset_watcher.delivery import Deliverer
+        from asset_watcher.reporter import Reporter
 
         reporter = Reporter(config.dagster, config.token)
         try:
@@ -265,7 +266,7 @@ class _ReportPrinter:
         return endpoint_url(self.base_url, kind)
 
     def __call__(self, report: Any, match: Any) -> None:
-        from asset_watcher.model import display_path, utf8_path
+        from asset_watcher.paths import display_path, utf8_path
 
         if self.as_json:
             entry = {
@@ -313,7 +314,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from asset_watcher.model import display_path
+    from asset_watcher.paths import display_path
     from asset_watcher.rules import compile_rules, explain
     from asset_watcher.scan import file_stat
 
@@ -356,7 +357,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _open_existing_store(config: Config, *, read_only: bool) -> Any:
     """The agent's state, without its lock; an empty one in memory when there is none yet
     (a fresh host is healthy, not broken)."""
-    from asset_watcher.outbox import DB_NAME, StateStore
+    from asset_watcher.state import DB_NAME, StateStore
 
     directory = config.state.resolved_directory()
     if not (directory / DB_NAME).exists():
@@ -368,7 +369,7 @@ STATUS_DEAD_LISTED = 20  # dead letters shown by `status`
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from asset_watcher.outbox import order_key_parts
+    from asset_watcher.state import order_key_parts
 
     config = _load(args)
     with _open_existing_store(config, read_only=True) as store:

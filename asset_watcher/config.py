@@ -326,8 +326,10 @@ class RuleDefaults(_Strict):
 INHERITED = tuple(RuleDefaults.model_fields)
 
 
-class WatchRule(_Strict):
-    """One [[watch]] table. Inherited settings are None until Config fills them in."""
+class WatchRule(RuleDefaults):
+    """One [[watch]] table. The settings of `RuleDefaults` it does not set itself are
+    filled in from [defaults] when the Config is validated: after loading, every setting
+    is concrete."""
 
     name: str | None = None
     path: Path
@@ -339,18 +341,6 @@ class WatchRule(_Strict):
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
     ready_marker: str | None = None
     checks: list[CheckSettings] = Field(default_factory=list)
-
-    event: Literal["materialization", "observation"] | None = None
-    hash: Literal["sha256", "blake2b", "md5", "sha1", "none"] | None = None
-    settle_seconds: float | None = Field(None, ge=0)
-    ignore: list[IgnorePattern] | None = None
-    recursive: bool | None = None
-    observer: Literal["auto", "inotify", "polling"] | None = None
-    poll_interval_seconds: float | None = Field(None, gt=0)
-    rescan_interval_seconds: float | None = Field(None, ge=0)
-    on_delete: Literal["ignore", "observe"] | None = None
-    follow_symlinks: bool | None = None
-    count_rows: bool | None = None
 
     @field_validator("path")
     @classmethod
@@ -459,7 +449,7 @@ class Config(BaseSettings):
     def _inherit_and_check_names(self) -> Config:
         for rule in self.watch:
             for key in INHERITED:
-                if getattr(rule, key) is None:
+                if key not in rule.model_fields_set:
                     setattr(rule, key, getattr(self.defaults, key))
         problems = duplicate_rule_names(rule.rule_name for rule in self.watch)
         if problems:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import enum
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,20 +84,27 @@ class Report:
         return "\x1f".join(self.asset_key) + "\x1e" + (self.partition or "")
 
 
-def utf8_path(path: str) -> str:
-    """A path as valid UTF-8 text for report metadata: undecodable bytes of a name shown as
-    backslash escapes, everything else as it is."""
-    return os.fsencode(path).decode("utf-8", "backslashreplace")
+class ChangeKind(str, enum.Enum):
+    """The small vocabulary the rest of the agent understands."""
+
+    CREATED = "created"  # a file appeared (inotify): it may still be being written
+    WRITTEN = "written"  # closed after writing, or moved into the tree from outside
+    MODIFIED = "modified"  # polling saw it appear or change (no close events there)
+    MOVED = "moved"  # renamed within the watched tree: path -> dest
+    DELETED = "deleted"  # removed, or moved out of the tree
+    FOLDER_CREATED = "folder-created"  # a subfolder appeared (its watch is already in place)
+    FOLDER_MOVED_IN = "folder-moved-in"  # a folder came from outside: not watched yet
+    FOLDER_DELETED = "folder-deleted"  # a subfolder was removed or moved out
+    ROOT_GONE = "root-gone"  # the watched folder itself was deleted
+    OVERFLOW = "overflow"  # the kernel dropped events
+    WATCH_FAILED = "watch-failed"  # a subfolder could not be watched (errno set)
 
 
-def display_path(path: str) -> str:
-    """A path as printable text for logs and people: like `utf8_path`, and control
-    characters escaped too (a newline in an uploaded file's name must not forge a log
-    line)."""
-    text = utf8_path(path)
-    if text.isprintable():
-        return text
-    return "".join(
-        char if char.isprintable() else char.encode("unicode_escape").decode("ascii")
-        for char in text
-    )
+@dataclass(frozen=True)
+class Change:
+    kind: ChangeKind
+    path: str
+    dest: str | None = None
+    root: str = ""  # the watched folder that reported it
+    at: float = 0.0  # time.monotonic() when the handler saw it
+    errno: int | None = None

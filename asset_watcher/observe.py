@@ -17,7 +17,6 @@ per root, the hook status) and never touches a private name itself.
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import functools
 import logging
@@ -26,7 +25,6 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Literal
 
 from watchdog.events import (
@@ -44,9 +42,8 @@ from watchdog.events import (
 from watchdog.observers.api import BaseObserver
 
 from asset_watcher import watchdog_hooks
-
-# Its home is watchdog_hooks (the add guard); the pipeline and scans import it from here.
-from asset_watcher.watchdog_hooks import through_link as through_link
+from asset_watcher.model import Change, ChangeKind
+from asset_watcher.paths import is_under, through_link
 
 log = logging.getLogger(__name__)
 
@@ -80,32 +77,6 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 STOP_TIMEOUT_SECONDS = 5.0
-
-
-class ChangeKind(str, enum.Enum):
-    """The small vocabulary the rest of the agent understands."""
-
-    CREATED = "created"  # a file appeared (inotify): it may still be being written
-    WRITTEN = "written"  # closed after writing, or moved into the tree from outside
-    MODIFIED = "modified"  # polling saw it appear or change (no close events there)
-    MOVED = "moved"  # renamed within the watched tree: path -> dest
-    DELETED = "deleted"  # removed, or moved out of the tree
-    FOLDER_CREATED = "folder-created"  # a subfolder appeared (its watch is already in place)
-    FOLDER_MOVED_IN = "folder-moved-in"  # a folder came from outside: not watched yet
-    FOLDER_DELETED = "folder-deleted"  # a subfolder was removed or moved out
-    ROOT_GONE = "root-gone"  # the watched folder itself was deleted
-    OVERFLOW = "overflow"  # the kernel dropped events
-    WATCH_FAILED = "watch-failed"  # a subfolder could not be watched (errno set)
-
-
-@dataclass(frozen=True)
-class Change:
-    kind: ChangeKind
-    path: str
-    dest: str | None = None
-    root: str = ""  # the watched folder that reported it
-    at: float = 0.0  # time.monotonic() when the handler saw it
-    errno: int | None = None
 
 
 class WatchError(Exception):
@@ -148,7 +119,7 @@ def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str |
         if not sep or len(fields) < 5 or not right:
             continue
         mount_point = _unescape_mount(fields[4])
-        inside = real == mount_point or real.startswith(mount_point.rstrip("/") + "/")
+        inside = is_under(real, mount_point)
         if inside and (best is None or len(mount_point) >= best[0]):
             best = (len(mount_point), os.fsdecode(right.split()[0]))
     return best[1] if best else None
@@ -329,7 +300,7 @@ class Watch:
         self.put(Change(ChangeKind.OVERFLOW, self.root, root=self.root, at=time.monotonic()))
 
     def _failed(self, path: str, errno_: int) -> None:
-        if path == self.root or path.startswith(self.root.rstrip("/") + "/"):
+        if is_under(path, self.root):
             self.put(
                 Change(
                     ChangeKind.WATCH_FAILED,

@@ -24,9 +24,8 @@ from dataclasses import dataclass, field
 from asset_watcher import metrics
 from asset_watcher.errors import StateError
 from asset_watcher.fingerprint import stat_of
-from asset_watcher.model import FileMatch, FileStat, display_path
-from asset_watcher.observe import Change, ChangeKind, through_link
-from asset_watcher.outbox import KnownVersion, StateStore
+from asset_watcher.model import Change, ChangeKind, FileMatch, FileStat
+from asset_watcher.paths import display_path, through_link
 from asset_watcher.reports import deleted_report, reports_for_version
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.scan import (
@@ -39,6 +38,7 @@ from asset_watcher.scan import (
     walk,
 )
 from asset_watcher.settle import LinkRenames, Origin, Settled, Settler
+from asset_watcher.state import KnownVersion, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +232,7 @@ class Pipeline:
 
     @staticmethod
     def _follow(rule: Rule) -> bool:
-        return bool(rule.settings.follow_symlinks)
+        return rule.settings.follow_symlinks
 
     def _owner(self, path: str) -> tuple[Rule, FileMatch] | None:
         """The owning rule and match; None for unowned files and ready markers."""
@@ -261,7 +261,7 @@ class Pipeline:
         self.settler.seen(
             item.path,
             item.stat,
-            rule.settings.settle_seconds or 0.0,
+            rule.settings.settle_seconds,
             quiet_for_seconds=quiet_for_seconds(item.stat, self.wall_clock()),
         )
 
@@ -281,7 +281,7 @@ class Pipeline:
             stat = file_stat(change.path, self._follow(rule))
             if stat is None:  # gone already, or not a regular file (a symbolic link)
                 return
-            settle = rule.settings.settle_seconds or 0.0
+            settle = rule.settings.settle_seconds
             if kind is ChangeKind.WRITTEN:
                 self.settler.written(change.path, stat, settle, at=change.at)
             else:
@@ -323,7 +323,7 @@ class Pipeline:
             return
         linked = st.st_nlink > 1 or (st.st_size > 0 and st.st_mtime_ns < st.st_ctime_ns)
         if linked:
-            settle = rule.settings.settle_seconds or 0.0
+            settle = rule.settings.settle_seconds
             self.settler.written(change.path, stat_of(st), settle, at=change.at)
         elif st.st_size > 0:  # a writer's, or a link made within the last write's tick
             self._links.created(change.path, change.at, stat_of(st))
@@ -340,7 +340,7 @@ class Pipeline:
             if stat is None or (stat.size, stat.mtime_ns) != (size, mtime_ns):
                 continue  # gone, or still being written: its writer's close will come
             log.debug("%s was linked into place from %s", display_path(path), display_path(old))
-            self.settler.written(path, stat, rule.settings.settle_seconds or 0.0, at=at)
+            self.settler.written(path, stat, rule.settings.settle_seconds, at=at)
             return
 
     def _moved(self, source: str, destination: str, at: float) -> None:
@@ -376,7 +376,7 @@ class Pipeline:
         if stat is None:
             self.settler.discard(destination)
             return
-        self.settler.written(destination, stat, rule.settings.settle_seconds or 0.0, at=at)
+        self.settler.written(destination, stat, rule.settings.settle_seconds, at=at)
 
     def _already_carried(self, path: str, rule: Rule) -> bool:
         known = self.store.known(path)
@@ -500,7 +500,7 @@ class Pipeline:
             self._park(marker, settled)
             return
         print_ = take_version(rule, match)
-        settle = rule.settings.settle_seconds or 0.0
+        settle = rule.settings.settle_seconds
         if isinstance(print_, str):
             now = file_stat(path, self._follow(rule))
             closed_just_now = settled.origin is Origin.WRITTEN and print_ == STILL_BEING_WRITTEN
@@ -600,7 +600,7 @@ class Scanner:
         with self._cond:
             self.rules = tuple(rules)
             if intervals is None:
-                intervals = {r.name: r.settings.rescan_interval_seconds or 0.0 for r in rules}
+                intervals = {r.name: r.settings.rescan_interval_seconds for r in rules}
             now = self.clock()
             for name, seconds in intervals.items():
                 old = self._intervals.get(name)

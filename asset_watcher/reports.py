@@ -14,7 +14,8 @@ from typing import Any
 from urllib.parse import quote
 
 from asset_watcher.checks import data_rows, run_checks
-from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report, utf8_path
+from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
+from asset_watcher.paths import utf8_path
 from asset_watcher.rules import Rule, short_host_name
 
 
@@ -156,7 +157,7 @@ def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> li
         print_,
         rule.event,
         static=rule.settings.metadata,
-        count_rows=bool(rule.settings.count_rows),
+        count_rows=rule.settings.count_rows,
         header_lines=header_lines,
         host=rule.host,
     )

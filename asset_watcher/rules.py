@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from asset_watcher.config import Config, WatchRule, glob_to_regex, ignore_regex
-from asset_watcher.model import EventKind, FileMatch, display_path
+from asset_watcher.model import EventKind, FileMatch
+from asset_watcher.paths import display_path, relative_to
 
 
 def short_host_name() -> str:
@@ -49,7 +50,7 @@ class Rule:
 
     @property
     def needs_line_count(self) -> bool:
-        return bool(self.settings.count_rows) or any(
+        return self.settings.count_rows or any(
             check.type == "row_count" for check in self.settings.checks
         )
 
@@ -59,7 +60,7 @@ class Rule:
 
     @cached_property
     def ignore_regex(self) -> re.Pattern[str] | None:
-        patterns = self.settings.ignore or []
+        patterns = self.settings.ignore
         if not patterns:
             return None
         return ignore_regex(patterns)
@@ -68,15 +69,11 @@ class Rule:
         """The ignore pattern matching one path component (file or folder name), if any."""
         if self.ignore_regex is None or not self.ignore_regex.match(name):
             return None
-        return next(p for p in self.settings.ignore or [] if fnmatch.fnmatchcase(name, p))
+        return next(p for p in self.settings.ignore if fnmatch.fnmatchcase(name, p))
 
     def relative(self, path: str) -> str | None:
         """`path` relative to this rule's root, or None when it lies outside."""
-        root = self.root
-        if not path.startswith(root) or path[len(root) : len(root) + 1] not in ("/", ""):
-            return None
-        rel = path[len(root) + 1 :] if root != "/" else path[1:]
-        return rel or None
+        return relative_to(self.root, path)
 
     def match(self, path: str) -> FileMatch | str:
         """The rendered match for a file, or the reason this rule does not own it."""

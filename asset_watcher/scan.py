@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from asset_watcher import metrics
 from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fingerprint, stat_of
-from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report, display_path
-from asset_watcher.outbox import KnownVersion, StateStore
+from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
+from asset_watcher.paths import display_path
 from asset_watcher.reports import reports_for_version
 from asset_watcher.rules import Rule, is_utf8, owner
+from asset_watcher.state import KnownVersion, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def listing(
     Symbolic links are not followed unless the rule says so; folders that vanish or
     cannot be listed mid-walk are logged and passed over.
     """
-    follow = bool(rule.settings.follow_symlinks)
-    descend = bool(rule.settings.recursive) and (recursive is None or recursive)
+    follow = rule.settings.follow_symlinks
+    descend = rule.settings.recursive and (recursive is None or recursive)
     ignored = rule.ignore_regex.match if rule.ignore_regex is not None else None
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
     top = start or rule.root
@@ -90,7 +91,7 @@ def walk(
     rule: Rule, start: str | None = None, *, recursive: bool | None = None
 ) -> Iterator[tuple[str, list[Candidate]]]:
     """Like `listing`, with each file's stat; files that vanish meanwhile are left out."""
-    follow = bool(rule.settings.follow_symlinks)
+    follow = rule.settings.follow_symlinks
     for folder, fd, entries in listing(rule, start, recursive=recursive):
         candidates = []
         for entry in entries:
@@ -123,9 +124,9 @@ def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
     try:
         print_ = fingerprint(
             match.path,
-            rule.settings.hash or "sha256",
+            rule.settings.hash,
             count_lines=rule.needs_line_count,
-            follow_symlinks=bool(rule.settings.follow_symlinks),
+            follow_symlinks=rule.settings.follow_symlinks,
             expected_real_path=(
                 None
                 if rule.settings.follow_symlinks
@@ -156,7 +157,7 @@ def scan(
     """Report every new or changed file owned by `rules` (all of them with `force`)."""
     result = ScanResult()
     for rule in rules:
-        follow = bool(rule.settings.follow_symlinks)
+        follow = rule.settings.follow_symlinks
         for folder, fd, entries in listing(rule):
             known = store.stat_keys_in_folder(folder) if entries else {}
             result.files_seen += len(entries)
@@ -224,7 +225,7 @@ def _scan_file(
     if previous is None and not force and carry_over_rename(store, rules, match, candidate.stat):
         result.unchanged += 1
         return
-    settle = rule.settings.settle_seconds or 0.0
+    settle = rule.settings.settle_seconds
     # A future mtime (a sender's clock, a preserved timestamp) says nothing about an
     # ongoing write; only a recent one does.
     if 0 <= now - candidate.stat.mtime_ns / 1e9 < settle:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from asset_watcher.model import FileStat
+from asset_watcher.paths import is_under
 
 V = TypeVar("V")
 
@@ -126,8 +127,7 @@ class Settler:
 
     def discard_under(self, folder: str) -> list[str]:
         """Forget every pending file below `folder` (it was deleted or moved away)."""
-        prefix = folder.rstrip("/") + "/"
-        gone = [path for path in self._entries if path.startswith(prefix)]
+        gone = [path for path in self._entries if path != folder and is_under(path, folder)]
         for path in gone:
             del self._entries[path]
         return gone

@@ -29,12 +29,13 @@ import functools
 import importlib
 import logging
 import os
-import stat
 import threading
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, AnyStr
+from typing import Any
+
+from asset_watcher.paths import through_link
 
 log = logging.getLogger(__name__)
 
@@ -199,28 +200,6 @@ def kind_of(name: str) -> str:
     if callable(value):
         return "function"
     return "attribute" if isinstance(owner, type) else type(value).__name__
-
-
-# -- through a link -----------------------------------------------------------------------
-
-
-def through_link(root: AnyStr, path: AnyStr) -> bool:
-    """Whether a folder between `root` (excluded) and `path` (excluded) is a symbolic link
-    or no folder at all: then `path` does not lie in the tree we were asked to watch."""
-    sep = "/" if isinstance(path, str) else b"/"
-    prefix = root.rstrip(sep) + sep
-    if not path.startswith(prefix):
-        return False
-    parts = path[len(prefix) :].split(sep)[:-1]
-    current = root
-    for part in parts:
-        current = current.rstrip(sep) + sep + part
-        try:
-            if not stat.S_ISDIR(os.lstat(current).st_mode):
-                return True
-        except OSError:
-            return True
-    return False
 
 
 def _guarded_mask(root: bytes, path: bytes, mask: int) -> int:

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from asset_watcher.fingerprint import stat_of
-from asset_watcher.outbox import StateStore
+from asset_watcher.state import StateStore
 from tests.support.agent_run import REPO_ROOT, AgentProcess
 from tests.support.bench import cpu_seconds, memory_kib, report
 from tests.support.sink import Sink

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 from asset_watcher.config import load_config
-from asset_watcher.outbox import StateStore
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
+from asset_watcher.state import StateStore
 from tests.benchmarks.conftest import best_of, report, run_quietly
 from tests.conftest import REPO_ROOT
 

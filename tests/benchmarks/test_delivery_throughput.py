@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 
 from asset_watcher.config import DagsterSettings
+from asset_watcher.delivery import Deliverer
 from asset_watcher.model import EventKind
-from asset_watcher.outbox import StateStore
-from asset_watcher.reporter import Deliverer, Reporter
+from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
+from asset_watcher.state import StateStore
 from tests.conftest import REPO_ROOT
 from tests.support.sink import Sink
 

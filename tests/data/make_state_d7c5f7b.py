@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 from asset_watcher.config import load_config
-from asset_watcher.outbox import StateStore
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
+from asset_watcher.state import StateStore
 
 # Contents and mtimes the test writes again (a scan compares size and mtime).
 FILES = {"orders_a.csv": b"id\n1\n", "orders_b.csv": b"id\n1\n2\n", "orders_c.csv": b"id\n"}

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from asset_watcher.outbox import StateStore
+from asset_watcher.state import StateStore
 from tests.support.agent_run import (
     OBSERVATION,
     InProcessAgent,

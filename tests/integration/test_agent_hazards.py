@@ -20,7 +20,7 @@ import pytest
 from asset_watcher.agent import Agent
 from asset_watcher.config import load_config
 from asset_watcher.errors import EXIT_FAILED
-from asset_watcher.outbox import DB_NAME
+from asset_watcher.state import DB_NAME
 from tests.support.agent_run import (
     barrier,
     burst,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from asset_watcher.outbox import StateStore
+from asset_watcher.state import StateStore
 from tests.support.agent_run import (
     AgentProcess,
     barrier,

@@ -9,13 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asset_watcher.config import Config, load_config
+from asset_watcher.delivery import Deliverer
 from asset_watcher.fingerprint import fingerprint
 from asset_watcher.model import FileMatch
-from asset_watcher.outbox import StateStore
-from asset_watcher.reporter import Deliverer, Reporter
+from asset_watcher.reporter import Reporter
 from asset_watcher.reports import reports_for_version
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
+from asset_watcher.state import StateStore
 from tests.conftest import CliRun
 from tests.support.dagster_server import CheckEvaluationRecord, DagsterServer
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asset_watcher.model import stat_key
-from asset_watcher.outbox import DB_NAME, SCHEMA_VERSION, StateStore
+from asset_watcher.state import DB_NAME, SCHEMA_VERSION, StateStore
 from tests.conftest import CliRun
 from tests.support.sink import Sink
 

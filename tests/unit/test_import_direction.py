@@ -9,16 +9,16 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
-    "errors", "model", "logs", "systemd", "signals", "retry", "config", "metrics", "rules",
-    "fingerprint", "checks", "reports", "outbox", "scan", "settle", "watchdog_hooks", "observe",
-    "reporter", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
+    "errors", "model", "paths", "logs", "systemd", "signals", "retry", "config", "metrics", "rules",
+    "fingerprint", "checks", "reports", "state", "scan", "settle", "watchdog_hooks", "observe",
+    "reporter", "delivery", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {
     "watchdog": ("observe", "watchdog_hooks"),  # its private internals: watchdog_hooks only
     "requests": ("reporter",),
     "urllib3": ("reporter",),
-    "sqlite3": ("outbox",),
+    "sqlite3": ("state",),
     "pydantic": ("config",),
     "pydantic_settings": ("config",),
     "dagster": ("dagster",),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from asset_watcher.model import EventKind, FileStat
-from asset_watcher.outbox import StateStore
 from asset_watcher.reports import event_report
+from asset_watcher.state import StateStore
 
 
 def version(store: StateStore, path: str) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from asset_watcher.model import EventKind, Report
-from asset_watcher.outbox import OutboxItem, StateStore, order_key_parts
 from asset_watcher.reports import event_report
+from asset_watcher.state import OutboxItem, StateStore, order_key_parts
 
 
 def report(key: str, seq: int, partition: str | None = None) -> Report:

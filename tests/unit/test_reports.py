@@ -83,14 +83,3 @@ def test_check_body() -> None:
         "severity": "WARN",
         "partition": "p",
     }
-
-
-def test_display_path_escapes_what_could_forge_a_log_line() -> None:
-    from asset_watcher.model import display_path, utf8_path
-
-    name = "/drop/evil\nINFO fake line\x1b[31m.csv"
-    assert "\n" not in display_path(name) and "\x1b" not in display_path(name)
-    assert display_path(name) == "/drop/evil\\nINFO fake line\\x1b[31m.csv"
-    assert utf8_path(name) == name  # report metadata keeps the real name
-    raw = "/drop/caf" + b"\xe9".decode("utf-8", "surrogateescape")
-    assert display_path(raw) == utf8_path(raw) == "/drop/caf\\xe9"

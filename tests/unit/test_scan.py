@@ -13,9 +13,9 @@ from pyfakefs.fake_filesystem import FakeFilesystem
 from asset_watcher import scan as scan_module
 from asset_watcher.config import load_config
 from asset_watcher.model import Report
-from asset_watcher.outbox import StateStore
 from asset_watcher.rules import Rule, compile_rules
 from asset_watcher.scan import scan, walk
+from asset_watcher.state import StateStore
 
 
 def make_rules(config_file: Callable[[str], Path], root: Path, extra: str = "") -> list[Rule]:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from asset_watcher import watchdog_hooks as hooks
-from asset_watcher.observe import Change, ChangeKind, Watch
+from asset_watcher.model import Change, ChangeKind
+from asset_watcher.observe import Watch
 from tests.support.agent_run import burst, small_inotify_queue
 from tests.support.waiting import poll_until
 

@@ -36,9 +36,10 @@ from asset_watcher.observe import (
     limit_advice,
 )
 from asset_watcher.paths import display_path, is_under
-from asset_watcher.pipeline import Pipeline, Scanner
+from asset_watcher.pipeline import Pipeline
 from asset_watcher.reporter import Reporter
 from asset_watcher.rules import Rule, compile_rules
+from asset_watcher.scanner import Scanner
 from asset_watcher.signals import HangupCounter, SignalFlags, handle_signals
 from asset_watcher.state import StateStore
 
@@ -60,6 +61,11 @@ OVERFLOW_LOG_SECONDS = 10.0
 DELIVERER_AFTER_CLOSE_SECONDS = 2.0
 # Rescans of rules with rescan_interval_seconds = 0 where inotify overflows go unheard.
 OVERFLOW_FALLBACK_RESCAN_SECONDS = 3600.0
+
+
+_CONTROL_KINDS = frozenset(
+    {ChangeKind.FOLDER_MOVED_IN, ChangeKind.ROOT_GONE, ChangeKind.OVERFLOW, ChangeKind.WATCH_FAILED}
+)
 
 
 @dataclass(frozen=True)
@@ -224,8 +230,6 @@ class Agent:
             self.rules,
             self.store,
             on_queued=self._queued,
-            control=self._control,
-            request_folder_scan=self._folder_scan,
         )
         self.scanner = Scanner(
             self.rules, self.store, self.pipeline.submit, backlog=self.pipeline.backlog
@@ -270,12 +274,15 @@ class Agent:
     def _queued(self) -> None:
         self._delivery.deliverer.wake()
 
-    def _folder_scan(self, folder: str, recursive: bool) -> None:
-        self.scanner.request_folder(folder, recursive)
-
-    def _control(self, change: Change) -> None:
-        """From the pipeline thread: watch business is done on the main thread."""
-        self._controls.put(change)
+    def _route(self, change: Change) -> None:
+        """From an observer thread: file changes go to the pipeline, folder arrivals to
+        the scanner, watch trouble to the main thread."""
+        if change.kind is ChangeKind.FOLDER_CREATED:
+            self.scanner.request_folder(change.path, False)
+        elif change.kind in _CONTROL_KINDS:
+            self._controls.put(change)
+        else:
+            self.pipeline.submit(change)
 
     def _healthy(self) -> bool:
         threads = self._threads.all()
@@ -434,7 +441,7 @@ class Agent:
         watch = Watch(
             plan.root,
             state.kind,
-            self.pipeline.submit,
+            self._route,
             recursive=plan.recursive,
             poll_interval_seconds=plan.poll_interval_seconds,
         )

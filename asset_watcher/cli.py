@@ -314,9 +314,9 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from asset_watcher.fingerprint import file_stat
     from asset_watcher.paths import display_path
     from asset_watcher.rules import compile_rules, explain
-    from asset_watcher.scan import file_stat
 
     config = _load(args)
     rules = compile_rules(config)

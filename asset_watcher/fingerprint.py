@@ -50,6 +50,15 @@ def stat_of(result: os.stat_result) -> FileStat:
     )
 
 
+def file_stat(path: str, follow_symlinks: bool = False) -> FileStat | None:
+    """The stat of a regular file, or None for anything else (or nothing)."""
+    try:
+        st = os.stat(path, follow_symlinks=follow_symlinks)
+    except OSError:
+        return None
+    return stat_of(st) if stat_module.S_ISREG(st.st_mode) else None
+
+
 def fingerprint(
     path: str,
     algorithm: str = "sha256",

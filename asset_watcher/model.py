@@ -108,3 +108,11 @@ class Change:
     root: str = ""  # the watched folder that reported it
     at: float = 0.0  # time.monotonic() when the handler saw it
     errno: int | None = None
+
+
+@dataclass(frozen=True)
+class Found:
+    """A file a scan found to differ from its reported version."""
+
+    path: str
+    stat: FileStat

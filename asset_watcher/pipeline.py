@@ -1,13 +1,14 @@
-"""What the running agent does with a change: settle it, read it once, queue its reports.
+"""The run-mode thread: file changes in, decisions applied, reports into the outbox.
 
-Two threads. The `Pipeline` owns the settle bookkeeping and is the only writer of new
-versions: changes from the observers and files found by the `Scanner` arrive on one
-queue, in order. The `Scanner` walks folders (catch-up at start, periodic and on-demand
-rescans, new subfolders) and hands over only files whose stat differs from their
-reported version, so an unchanged tree costs one stat per file and no reads.
+The `Pipeline` is the only writer of new versions while the agent runs. File changes
+from the observers and files found by the `Scanner` arrive on one queue, in order. It
+keeps the settle bookkeeping (`settle.py`), tells renames and deletions apart, parks
+files whose ready marker is missing, and asks `versions.py` what a quiet file is; it
+only applies the answer. Versions are committed in batches, and the deliverer is woken
+once per batch.
 
-Both share one code path with `scan` and `explain` for ownership (`rules.owner`) and for
-reading a file (`scan.take_version`).
+It shares one code path with `scan` and `explain` for ownership (`rules.owner`) and with
+`scan` for the version decision (`Versions.decide`).
 """
 
 from __future__ import annotations
@@ -16,29 +17,31 @@ import logging
 import os
 import queue
 import stat as stat_module
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
-from asset_watcher import metrics
 from asset_watcher.errors import StateError
-from asset_watcher.fingerprint import stat_of
-from asset_watcher.model import Change, ChangeKind, FileMatch, FileStat
-from asset_watcher.paths import display_path, through_link
-from asset_watcher.reports import deleted_report, reports_for_version
-from asset_watcher.rules import Rule, is_utf8, owner
-from asset_watcher.scan import (
-    STILL_BEING_WRITTEN,
-    Candidate,
-    carry_over_rename,
-    file_stat,
-    is_changed,
-    take_version,
-    walk,
+from asset_watcher.fingerprint import file_stat, stat_of
+from asset_watcher.model import Change, ChangeKind, FileMatch, FileStat, Found
+from asset_watcher.paths import display_path
+from asset_watcher.reports import deleted_report
+from asset_watcher.rules import Owners, Rule, owner
+from asset_watcher.settle import LinkRenames, MarkerWaits, Origin, Settled, Settler
+from asset_watcher.state import StateStore
+from asset_watcher.versions import (
+    CarryOver,
+    Decision,
+    Look,
+    Park,
+    RecentlyGone,
+    Record,
+    Retry,
+    Skip,
+    Touch,
+    Versions,
+    describe_carry_over,
 )
-from asset_watcher.settle import LinkRenames, Origin, Settled, Settler
-from asset_watcher.state import KnownVersion, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +51,10 @@ BATCH = 500
 # Files recorded per commit: fewer commits in a burst, and the store (which the deliverer
 # shares) is never held for long.
 COMMIT_BATCH = 100
-# How long a deleted file's version is kept in memory, in case it was a rename inotify
-# could not pair (into a folder whose watch did not exist yet).
-GONE_SECONDS = 60.0
-# A scan pauses while this many files wait in the pipeline (bounded memory on a
-# first start over a full drop folder).
-SCAN_BACKLOG_LIMIT = 5000
-# How long a wait may last before a thread looks at its stop event again.
+# How long a wait may last before the thread looks at its queue and deadlines again.
 IDLE_WAIT_SECONDS = 0.5
-# Ownership decisions remembered (path -> rule and match): a new file's events (create,
-# close) and its settling ask the same question several times.
-OWNER_CACHE_SIZE = 4096
-# How soon a file closed after writing but still open for writing is looked at again.
-STILL_OPEN_RETRY_SECONDS = 1.0
 # Retry delay for a version that could not be recorded (state directory full).
 STATE_RETRY_SECONDS = 30.0
-
-
-@dataclass(frozen=True)
-class Found:
-    """A file a scan found to differ from its reported version."""
-
-    path: str
-    stat: FileStat
-
 
 _STOP = object()
 Item = Change | Found | object
@@ -91,6 +74,14 @@ class PipelineCounts:
     deleted: int = 0
 
 
+@dataclass(frozen=True)
+class _RuleSet:
+    """What a reload swaps, in one assignment: the pipeline never sees half of one."""
+
+    owners: Owners
+    versions: Versions
+
+
 class Pipeline:
     """Changes in; new versions and their reports out, into the outbox."""
 
@@ -100,30 +91,23 @@ class Pipeline:
         store: StateStore,
         *,
         on_queued: Callable[[], None] = lambda: None,
-        control: Callable[[Change], None] = lambda change: None,
-        request_folder_scan: Callable[[str, bool], None] = lambda folder, recursive: None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self.on_queued = on_queued
-        self._in_batch = False
-        self._queued_in_batch = False
-        self.control = control
-        self.request_folder_scan = request_folder_scan
+        self.on_queued = on_queued  # the one call out: wakes the deliverer
         self.wall_clock = wall_clock
         self.settler = Settler(clock)
-        self._links = LinkRenames()
         self.queue: queue.SimpleQueue[Item] = queue.SimpleQueue()
         self.counts = PipelineCounts()
-        # marker path -> {data path: its settled version}, for files waiting on a marker
-        self._parked: dict[str, dict[str, Settled]] = {}
-        self._parked_marker: dict[str, str] = {}  # data path -> marker path
-        # inode -> (when, version, (rule, key, partition)) of files reported gone lately
-        self._gone: dict[int, tuple[float, KnownVersion, tuple[object, ...]]] = {}
+        self._links = LinkRenames()
+        self._waits = MarkerWaits()
+        self._gone = RecentlyGone(clock)
+        self._in_batch = False
+        self._queued_in_batch = False
         self.set_rules(rules)
 
-    # -- called from other threads ---------------------------------------------------
+    # -- called from other threads -----------------------------------------------------
 
     def submit(self, item: Change | Found) -> None:
         self.queue.put(item)
@@ -132,14 +116,13 @@ class Pipeline:
         return self.queue.qsize() + len(self.settler)
 
     def set_rules(self, rules: Sequence[Rule]) -> None:
-        """Swap in reloaded rules (takes effect for the next item); one assignment, so
-        the pipeline never sees half of a reload."""
-        owners: dict[str, tuple[Rule, FileMatch] | None] = {}  # for these rules only
-        self._ruleset = (tuple(rules), {rule.name: rule for rule in rules}, owners)
+        """Swap in reloaded rules; they take effect for the next item."""
+        versions = Versions(self.store, rules, recently_gone=self._gone)
+        self._rules = _RuleSet(Owners(rules), versions)
 
     @property
     def rules(self) -> tuple[Rule, ...]:
-        return self._ruleset[0]
+        return self._rules.owners.rules
 
     def stop(self) -> None:
         self.queue.put(_STOP)
@@ -162,8 +145,8 @@ class Pipeline:
                 handled += 1
                 item = self._poll() if handled < BATCH or stopping else None
             self.settle_due()
-        if self._parked:
-            log.info("%d file(s) still wait for their ready marker", len(self._parked_marker))
+        if self._waits:
+            log.info("%d file(s) still wait for their ready marker", len(self._waits))
 
     def _poll(self) -> Item | None:
         try:
@@ -214,8 +197,8 @@ class Pipeline:
 
     def _settle(self, path: str) -> None:
         try:
-            found = self._owner(path)
-            stat = file_stat(path, self._follow(found[0])) if found else None
+            found = self._rules.owners(path)
+            stat = file_stat(path, found[0].settings.follow_symlinks) if found else None
             settled = self.settler.confirm(path, stat)
             if settled is not None and found is not None:
                 self._complete(settled, *found)
@@ -228,41 +211,21 @@ class Pipeline:
             self.settler.discard(path)
             log.exception("could not settle %s", display_path(path))
 
-    # -- ownership ---------------------------------------------------------------------
-
-    @staticmethod
-    def _follow(rule: Rule) -> bool:
-        return rule.settings.follow_symlinks
-
-    def _owner(self, path: str) -> tuple[Rule, FileMatch] | None:
-        """The owning rule and match; None for unowned files and ready markers."""
-        rules, by_name, owners = self._ruleset
-        if path in owners:
-            return owners[path]
-        match = owner(rules, path)
-        found = (by_name[match.rule_name], match) if match is not None else None
-        if match is None and not is_utf8(path) and any(r.relative(path) for r in rules):
-            log.info(
-                "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
-                display_path(path),
-            )
-        if len(owners) >= OWNER_CACHE_SIZE:
-            owners.clear()
-        owners[path] = found
-        return found
+    def _queued(self) -> None:
+        if self._in_batch:
+            self._queued_in_batch = True
+        else:
+            self.on_queued()
 
     # -- changes -----------------------------------------------------------------------
 
     def _found(self, item: Found) -> None:
-        found = self._owner(item.path)
+        found = self._rules.owners(item.path)
         if found is None:
             return
-        rule = found[0]
+        quiet = quiet_for_seconds(item.stat, self.wall_clock())
         self.settler.seen(
-            item.path,
-            item.stat,
-            rule.settings.settle_seconds,
-            quiet_for_seconds=quiet_for_seconds(item.stat, self.wall_clock()),
+            item.path, item.stat, found[0].settings.settle_seconds, quiet_for_seconds=quiet
         )
 
     def _change(self, change: Change) -> None:
@@ -274,35 +237,33 @@ class Pipeline:
             if kind is ChangeKind.CREATED:
                 self._created(change)
                 return
-            found = self._owner(change.path)
+            found = self._rules.owners(change.path)
             if found is None:
                 return
-            rule = found[0]
-            stat = file_stat(change.path, self._follow(rule))
+            settings = found[0].settings
+            stat = file_stat(change.path, settings.follow_symlinks)
             if stat is None:  # gone already, or not a regular file (a symbolic link)
                 return
-            settle = rule.settings.settle_seconds
             if kind is ChangeKind.WRITTEN:
-                self.settler.written(change.path, stat, settle, at=change.at)
+                self.settler.written(change.path, stat, settings.settle_seconds, at=change.at)
             else:
                 quiet = quiet_for_seconds(stat, self.wall_clock())
-                self.settler.seen(change.path, stat, settle, quiet_for_seconds=quiet)
+                self.settler.seen(
+                    change.path, stat, settings.settle_seconds, quiet_for_seconds=quiet
+                )
         elif kind is ChangeKind.MOVED and change.dest:
             self._links.moved(change.path)
             self._moved(change.path, change.dest, change.at)
         elif kind is ChangeKind.DELETED:
             self._deleted(change.path)
             self._link_renamed(change.path, change.at)
-        elif kind is ChangeKind.FOLDER_CREATED:
-            # The watch is in place; files written before it existed are found by a scan.
-            self.request_folder_scan(change.path, False)
         elif kind is ChangeKind.FOLDER_DELETED:
             for path in self.settler.discard_under(change.path):
-                self._unpark(path)
+                self._waits.unpark(path)
             for path in self.store.known_under(change.path):
                 self._deleted(path)
-        else:  # FOLDER_MOVED_IN, ROOT_GONE, OVERFLOW, WATCH_FAILED: the agent's business
-            self.control(change)
+        # Folder arrivals, a gone root, overflows and failed watches are the watches'
+        # business (watches.py): they never reach this queue.
 
     def _created(self, change: Change) -> None:
         """A new name. Usually a writer's: its close-after-write follows, and a slow upload
@@ -311,20 +272,19 @@ class Pipeline:
         name (link() moves the ctime, not the mtime) or has another name, it arrived. When
         neither shows (a link within the last write's clock tick, the old name already
         gone), the old name's deletion tells it: see `_link_renamed`."""
-        found = self._owner(change.path)
+        found = self._rules.owners(change.path)
         if found is None:
             return
-        rule = found[0]
+        settings = found[0].settings
         try:
-            st = os.stat(change.path, follow_symlinks=self._follow(rule))
+            st = os.stat(change.path, follow_symlinks=settings.follow_symlinks)
         except OSError:
             return
         if not stat_module.S_ISREG(st.st_mode):
             return
         linked = st.st_nlink > 1 or (st.st_size > 0 and st.st_mtime_ns < st.st_ctime_ns)
         if linked:
-            settle = rule.settings.settle_seconds
-            self.settler.written(change.path, stat_of(st), settle, at=change.at)
+            self.settler.written(change.path, stat_of(st), settings.settle_seconds, at=change.at)
         elif st.st_size > 0:  # a writer's, or a link made within the last write's tick
             self._links.created(change.path, change.at, stat_of(st))
 
@@ -332,22 +292,22 @@ class Pipeline:
         """The old name of a link() + unlink() rename went: if a new name appeared in its
         folder just before, unwritten since, that name arrived (see LinkRenames)."""
         for path, size, mtime_ns in self._links.deleted(old, at):
-            found = self._owner(path)
+            found = self._rules.owners(path)
             if found is None:
                 continue
-            rule = found[0]
-            stat = file_stat(path, self._follow(rule))
+            settings = found[0].settings
+            stat = file_stat(path, settings.follow_symlinks)
             if stat is None or (stat.size, stat.mtime_ns) != (size, mtime_ns):
                 continue  # gone, or still being written: its writer's close will come
             log.debug("%s was linked into place from %s", display_path(path), display_path(old))
-            self.settler.written(path, stat, rule.settings.settle_seconds, at=at)
+            self.settler.written(path, stat, settings.settle_seconds, at=at)
             return
 
     def _moved(self, source: str, destination: str, at: float) -> None:
         self._marker_appeared(destination)
         carried = self.settler.moved(source, destination)
-        parked = self._unpark(source)
-        dest = self._owner(destination)
+        parked = self._waits.unpark(source)
+        dest = self._rules.owners(destination)
         src_match = owner(self.rules, source)
         if dest is None:
             self.settler.discard(destination)
@@ -372,7 +332,7 @@ class Pipeline:
             self._deleted(source)
         if carried is not None and parked is None:
             return  # still settling; it completes under its new name
-        stat = file_stat(destination, self._follow(rule))
+        stat = file_stat(destination, rule.settings.follow_symlinks)
         if stat is None:
             self.settler.discard(destination)
             return
@@ -380,7 +340,7 @@ class Pipeline:
 
     def _already_carried(self, path: str, rule: Rule) -> bool:
         known = self.store.known(path)
-        stat = file_stat(path, self._follow(rule))
+        stat = file_stat(path, rule.settings.follow_symlinks)
         return (
             known is not None
             and stat is not None
@@ -390,154 +350,78 @@ class Pipeline:
 
     def _deleted(self, path: str) -> None:
         self.settler.discard(path)
-        self._unpark(path)
+        self._waits.unpark(path)
         known = self.store.known(path)
         if known is None:
             return
-        rules, by_name, _ = self._ruleset
-        match = owner(rules, path)
-        rule = by_name.get(match.rule_name) if match is not None else None
+        match = owner(self.rules, path)
+        rule = self._rules.owners.rule(match.rule_name) if match is not None else None
         reports = []
         if rule is not None and match is not None and rule.settings.on_delete == "observe":
             reports = [deleted_report(match, host=rule.host)]
         self.store.forget(path, reports)
         if match is not None:
-            self._remember_gone(path, known, match)
+            # inotify reports a rename into a folder not watched yet as a deletion: the
+            # file found under its new name soon is no new version.
+            self._gone.remember(known, match)
         self.counts.deleted += 1
         log.info("deleted %s%s", display_path(path), " (observed)" if reports else "")
         if reports:
             self.on_queued()
 
-    def _remember_gone(self, path: str, known: KnownVersion, match: FileMatch) -> None:
-        """inotify reports a rename into a folder not watched yet as a deletion: remember
-        the version for a while, so the file found under its new name is no new version."""
-        now = self.settler.clock()
-        self._gone = {
-            inode: entry for inode, entry in self._gone.items() if now - entry[0] < GONE_SECONDS
-        }
-        self._gone[known.stat.inode] = (now, known, (match.rule_name, match.asset_key,
-                                                     match.partition))  # fmt: skip
-
-    def _moved_out_and_in(self, match: FileMatch, stat: FileStat) -> bool:
-        entry = self._gone.get(stat.inode)
-        if entry is None or self.settler.clock() - entry[0] >= GONE_SECONDS:
-            return False
-        _, known, asset = entry
-        if (known.stat.size, known.stat.mtime_ns) != (stat.size, stat.mtime_ns) or asset != (
-            match.rule_name,
-            match.asset_key,
-            match.partition,
-        ):
-            return False
-        del self._gone[stat.inode]
-        self.store.record_version(match.path, match.rule_name, stat, known.digest, [])
-        log.debug("%s came back under a new name: not a new version", display_path(match.path))
-        return True
-
-    # -- ready markers -----------------------------------------------------------------
-
-    def _park(self, marker: str, settled: Settled) -> None:
-        self._unpark(settled.path)
-        self._parked.setdefault(marker, {})[settled.path] = settled
-        self._parked_marker[settled.path] = marker
-
-    def _unpark(self, path: str) -> Settled | None:
-        marker = self._parked_marker.pop(path, None)
-        if marker is None:
-            return None
-        waiting = self._parked.get(marker, {})
-        settled = waiting.pop(path, None)
-        if not waiting:
-            self._parked.pop(marker, None)
-        return settled
-
     def _marker_appeared(self, path: str) -> None:
-        waiting = self._parked.pop(path, None)
-        if not waiting:
-            return
-        for data_path, settled in waiting.items():
-            self._parked_marker.pop(data_path, None)
-            found = self._owner(data_path)
+        for settled in self._waits.appeared(path):
+            found = self._rules.owners(settled.path)
             if found is not None:
                 self._complete(settled, *found)
 
     # -- a settled file ----------------------------------------------------------------
 
     def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
-        """Record a new version of a quiet file, unless it is none."""
+        """Ask what a quiet file is, and apply the answer."""
+        known = self.store.known(settled.path)
+        look = Look(arrival=settled.origin is Origin.WRITTEN)
+        self._apply(self._rules.versions.decide(rule, match, settled.stat, known, look),
+                    settled, rule, match)  # fmt: skip
+
+    def _apply(self, decision: Decision, settled: Settled, rule: Rule, match: FileMatch) -> None:
         path = settled.path
-        if not self._follow(rule) and through_link(rule.root, path):
-            # A folder on the way was swapped for a symbolic link after it was listed.
-            log.info("skipped %s: a folder on its path is a symbolic link", display_path(path))
-            return
-        known = self.store.known(path)
-        changed: bool | None = True
-        if settled.origin is Origin.WRITTEN:
-            if known is not None and known.stat.same_version(settled.stat):
-                if known.stat == settled.stat:
-                    return  # opened for writing and closed without a change
-                # Only the ctime moved (a rename or chmod taken for an arrival): as in a
-                # scan, the content decides.
-                changed = None
-        else:
-            changed = is_changed(settled.stat, known)
-            if changed is False:
-                return
-        # A rename inotify could not pair (into a folder whose watch did not exist yet).
-        if known is None and (
-            carry_over_rename(self.store, self.rules, match, settled.stat)
-            or self._moved_out_and_in(match, settled.stat)
-        ):
-            self.counts.moved += 1
-            return
-        marker = rule.marker_for(match)
-        if marker is not None and not os.path.lexists(marker):
-            log.info(
-                "%s is complete; waiting for its ready marker %s",
-                display_path(path),
-                display_path(marker),
-            )
-            self._park(marker, settled)
-            return
-        print_ = take_version(rule, match)
-        settle = rule.settings.settle_seconds
-        if isinstance(print_, str):
-            now = file_stat(path, self._follow(rule))
-            closed_just_now = settled.origin is Origin.WRITTEN and print_ == STILL_BEING_WRITTEN
-            if now is not None and now != settled.stat:
-                self.settler.restart(path, now, settle, settled.origin)  # written again
-            elif now is not None and closed_just_now:
-                # Closed, yet open for writing: the kernel signals the close a moment
-                # before the writer lets go, or another writer has it. Look again soon.
-                retry = max(settle, STILL_OPEN_RETRY_SECONDS)
-                self.settler.restart(path, now, retry, settled.origin)
-            else:
-                self.counts.skipped += 1
-                log.info("skipped %s: %s", display_path(path), print_)
-            return
-        if changed is None and known is not None and print_.digest == known.digest:
-            self.store.touch_version(path, print_.stat)  # chmod/chown: same content
-            return
-        reports = reports_for_version(rule, match, print_)
+        if isinstance(decision, Record):
+            self._record(decision, settled, rule, match)
+        elif isinstance(decision, Touch):
+            self.store.touch_version(path, decision.stat)
+        elif isinstance(decision, CarryOver):
+            if self._rules.versions.carry_over(match, decision):
+                self.counts.moved += 1
+                log.info("%s", describe_carry_over(match, decision))
+        elif isinstance(decision, Park):
+            log.info("%s is complete; waiting for its ready marker %s",
+                     display_path(path), display_path(decision.marker))  # fmt: skip
+            self._waits.park(decision.marker, settled)
+        elif isinstance(decision, Retry):
+            self.settler.restart(path, decision.stat, decision.after_seconds, settled.origin)
+        elif isinstance(decision, Skip):
+            self.counts.skipped += 1
+            log.info("skipped %s: %s", display_path(path), decision.reason)
+        # Unchanged: nothing to do
+
+    def _record(self, decision: Record, settled: Settled, rule: Rule, match: FileMatch) -> None:
         try:
-            self.store.record_version(path, rule.name, print_.stat, print_.digest, reports)
-            metrics.file_detected()
+            self._rules.versions.record(match, decision)
         except StateError as exc:
-            log.error("cannot record %s, trying again later: %s", display_path(path), exc)
-            self.settler.restart(path, None, max(settle, STATE_RETRY_SECONDS), settled.origin)
+            log.error("cannot record %s, trying again later: %s", display_path(match.path), exc)
+            retry = max(rule.settings.settle_seconds, STATE_RETRY_SECONDS)
+            self.settler.restart(match.path, None, retry, settled.origin)
             return
         self.counts.reported += 1
         log.info(
             "reported %s: %s%s, %d bytes",
-            display_path(path),
+            display_path(match.path),
             "/".join(match.asset_key),
             f" [{match.partition}]" if match.partition else "",
-            print_.stat.size,
+            decision.fingerprint.stat.size,
         )
-        if self._in_batch:
-            self._queued_in_batch = True
-        else:
-            self.on_queued()
+        self._queued()
 
 
 def _describe(item: Item) -> str:
@@ -547,193 +431,3 @@ def _describe(item: Item) -> str:
     if isinstance(item, Found):
         return display_path(item.path)
     return repr(item)
-
-
-# -- the scanner --------------------------------------------------------------------------
-
-
-@dataclass
-class _Full:
-    rule_names: set[str]
-    reason: str
-    started_at: float = 0.0
-    files_seen: int = 0
-    submitted: int = 0
-
-
-@dataclass
-class ScannerState:
-    running: str | None = None  # the reason of the full scan under way
-    scans_done: int = 0
-    last_scan_seconds: float | None = None
-    next_due: dict[str, float] = field(default_factory=dict)
-
-
-class Scanner:
-    """Walks folders on request and on schedule; hands changed files to the pipeline."""
-
-    def __init__(
-        self,
-        rules: Sequence[Rule],
-        store: StateStore,
-        submit: Callable[[Found], None],
-        *,
-        backlog: Callable[[], int] = lambda: 0,
-        clock: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self.store = store
-        self.submit = submit
-        self.backlog = backlog
-        self.clock = clock
-        self._cond = threading.Condition()
-        self._folders: list[tuple[str, bool]] = []
-        self._full: _Full | None = None  # waiting to start
-        self._intervals: dict[str, float] = {}
-        self.state = ScannerState()
-        self._stopping = False
-        self.set_rules(rules)
-
-    # -- called from other threads ---------------------------------------------------
-
-    def set_rules(self, rules: Sequence[Rule], intervals: dict[str, float] | None = None) -> None:
-        """Swap rules; `intervals` (rule name -> seconds, 0 = never) sets periodic rescans."""
-        with self._cond:
-            self.rules = tuple(rules)
-            if intervals is None:
-                intervals = {r.name: r.settings.rescan_interval_seconds for r in rules}
-            now = self.clock()
-            for name, seconds in intervals.items():
-                old = self._intervals.get(name)
-                if old != seconds or name not in self.state.next_due:
-                    if seconds > 0:
-                        self.state.next_due[name] = now + seconds
-                    else:
-                        self.state.next_due.pop(name, None)
-            self._intervals = dict(intervals)
-            for name in list(self.state.next_due):
-                if name not in intervals:
-                    del self.state.next_due[name]
-            self._cond.notify_all()
-
-    def request_full(self, rule_names: Iterable[str] | None, reason: str) -> None:
-        """Rescan these rules (None: all) soon; requests made before it starts merge."""
-        with self._cond:
-            names = set(rule_names) if rule_names is not None else {r.name for r in self.rules}
-            if not names:
-                return
-            if self._full is None:
-                self._full = _Full(names, reason)
-            else:
-                self._full.rule_names |= names
-            self._cond.notify_all()
-
-    def request_folder(self, folder: str, recursive: bool) -> None:
-        """Scan one folder now (a new subfolder whose watch was just added)."""
-        with self._cond:
-            self._folders.append((folder, recursive))
-            self._cond.notify_all()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopping = True
-            self._cond.notify_all()
-
-    # -- the thread --------------------------------------------------------------------
-
-    def _next_work(self) -> tuple[str, bool] | _Full | None:
-        """Wait for the next request or scheduled rescan; None when stopping."""
-        with self._cond:
-            while not self._stopping:
-                if self._folders:
-                    return self._folders.pop(0)
-                now = self.clock()
-                for name, due in self.state.next_due.items():
-                    if due <= now:
-                        self.state.next_due[name] = now + self._intervals.get(name, 0)
-                        if self._full is None:
-                            self._full = _Full({name}, "periodic rescan")
-                        else:
-                            self._full.rule_names.add(name)
-                if self._full is not None:
-                    full, self._full = self._full, None
-                    return full
-                wait = IDLE_WAIT_SECONDS * 20
-                if self.state.next_due:
-                    wait = min(wait, max(0.0, min(self.state.next_due.values()) - now))
-                self._cond.wait(wait)
-            return None
-
-    def run(self) -> None:
-        while (work := self._next_work()) is not None:
-            if isinstance(work, _Full):
-                self._scan_full(work)
-            else:
-                self._scan_folder(*work)
-
-    def _stopped(self) -> bool:
-        with self._cond:
-            return self._stopping
-
-    def _pace(self) -> bool:
-        """Wait while the pipeline is busy; False when stopping."""
-        while self.backlog() > SCAN_BACKLOG_LIMIT:
-            with self._cond:
-                if self._stopping:
-                    return False
-                self._cond.wait(0.05)
-        return not self._stopped()
-
-    def _rules_for(self, folder: str) -> list[Rule]:
-        return [r for r in self.rules if r.root == folder or r.relative(folder) is not None]
-
-    def _scan_folder(self, folder: str, recursive: bool) -> None:
-        for rule in self._rules_for(folder):
-            if rule.root != folder and not rule.settings.recursive:
-                continue
-            for current, candidates in walk(rule, folder, recursive=recursive):
-                self._submit_changed(current, candidates)
-
-    def _scan_full(self, work: _Full) -> None:
-        work.started_at = self.clock()
-        names = ", ".join(sorted(work.rule_names))
-        self.state.running = work.reason
-        log.info("%s of %s started", work.reason, names)
-        try:
-            for rule in self.rules:
-                if rule.name not in work.rule_names:
-                    continue
-                for folder, candidates in walk(rule):
-                    work.files_seen += len(candidates)
-                    work.submitted += self._submit_changed(folder, candidates)
-                    # New subfolders must not wait for a long rescan to finish.
-                    while self._folders:
-                        with self._cond:
-                            pending = self._folders.pop(0) if self._folders else None
-                        if pending is not None:
-                            self._scan_folder(*pending)
-                    if not self._pace():
-                        log.info("%s interrupted by shutdown", work.reason)
-                        return
-        finally:
-            self.state.running = None
-        seconds = self.clock() - work.started_at
-        self.state.scans_done += 1
-        self.state.last_scan_seconds = seconds
-        log.info(
-            "%s done in %.1fs: %d files seen, %d new or changed",
-            work.reason,
-            seconds,
-            work.files_seen,
-            work.submitted,
-        )
-
-    def _submit_changed(self, folder: str, candidates: list[Candidate]) -> int:
-        if not candidates:
-            return 0
-        known = self.store.stat_keys_in_folder(folder)
-        submitted = 0
-        for candidate in candidates:
-            if known.get(candidate.name) != candidate.stat.key:  # the pipeline looks closer
-                self.submit(Found(candidate.path, candidate.stat))
-                submitted += 1
-        return submitted

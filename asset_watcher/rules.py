@@ -7,6 +7,7 @@ agent does.
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 import re
 import socket
@@ -18,6 +19,8 @@ from functools import cached_property
 from asset_watcher.config import Config, WatchRule, glob_to_regex, ignore_regex
 from asset_watcher.model import EventKind, FileMatch
 from asset_watcher.paths import display_path, relative_to
+
+log = logging.getLogger(__name__)
 
 
 def short_host_name() -> str:
@@ -196,6 +199,39 @@ def compile_rules(config: Config, host: str | None = None) -> list[Rule]:
 def owner(rules: Sequence[Rule], path: str) -> FileMatch | None:
     """The first rule's match for `path`; None when no rule owns it or it is a marker."""
     return explain(rules, path)[0]
+
+
+# Ownership answers remembered (path -> rule and match): a new file's events (create,
+# close) and its settling ask the same question several times.
+OWNER_CACHE_SIZE = 4096
+
+
+class Owners:
+    """`owner()` for one set of rules, as (rule, match), with a bounded memory of answers."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._by_name = {rule.name: rule for rule in self.rules}
+        self._answers: dict[str, tuple[Rule, FileMatch] | None] = {}
+
+    def __call__(self, path: str) -> tuple[Rule, FileMatch] | None:
+        """The owning rule and match; None for unowned files and ready markers."""
+        if path in self._answers:
+            return self._answers[path]
+        match = owner(self.rules, path)
+        found = (self._by_name[match.rule_name], match) if match is not None else None
+        if match is None and not is_utf8(path) and any(r.relative(path) for r in self.rules):
+            log.info(
+                "skipped %s: its name is not valid UTF-8 and the rule's templates use it",
+                display_path(path),
+            )
+        if len(self._answers) >= OWNER_CACHE_SIZE:
+            self._answers.clear()
+        self._answers[path] = found
+        return found
+
+    def rule(self, name: str) -> Rule | None:
+        return self._by_name.get(name)
 
 
 def marker_rule(rules: Sequence[Rule], path: str) -> Rule | None:

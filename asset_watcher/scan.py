@@ -1,4 +1,5 @@
-"""The directory walk behind `scan`, the catch-up at start and the periodic rescans.
+"""The directory walk behind `scan`, the catch-up at start and the periodic rescans, and
+the one-shot `scan`, which applies the decisions of `versions.py` to what it walks.
 
 A walk sees no writes, so it decides from stat alone: a file whose size, mtime and inode
 match its reported version is unchanged and never opened. Only a changed ctime (an
@@ -9,18 +10,27 @@ from __future__ import annotations
 
 import logging
 import os
-import stat as stat_module
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from asset_watcher import metrics
-from asset_watcher.fingerprint import FileChangedError, NotRegularFileError, fingerprint, stat_of
-from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
+from asset_watcher.fingerprint import stat_of
+from asset_watcher.model import FileMatch, FileStat, Report
 from asset_watcher.paths import display_path
-from asset_watcher.reports import reports_for_version
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.state import KnownVersion, StateStore
+from asset_watcher.versions import (
+    CarryOver,
+    Look,
+    Park,
+    Record,
+    Retry,
+    Skip,
+    Touch,
+    Unchanged,
+    Versions,
+    describe_carry_over,
+)
 
 log = logging.getLogger(__name__)
 
@@ -104,46 +114,6 @@ def walk(
         yield folder, candidates
 
 
-def is_changed(candidate: FileStat, known: KnownVersion | None) -> bool | None:
-    """True/False from stat alone; None when only the ctime moved and content must decide."""
-    if known is None or not candidate.same_version(known.stat):
-        return True
-    if candidate.ctime_ns != known.stat.ctime_ns:
-        return None
-    return False
-
-
-STILL_BEING_WRITTEN = "still being written"
-
-
-def take_version(rule: Rule, match: FileMatch) -> Fingerprint | str:
-    """Read a file that looks complete; the reason to skip it otherwise."""
-    marker = rule.marker_for(match)
-    if marker is not None and not os.path.lexists(marker):
-        return f"waiting for its ready marker {display_path(marker)}"
-    try:
-        print_ = fingerprint(
-            match.path,
-            rule.settings.hash,
-            count_lines=rule.needs_line_count,
-            follow_symlinks=rule.settings.follow_symlinks,
-            expected_real_path=(
-                None
-                if rule.settings.follow_symlinks
-                else os.path.join(rule.real_root, match.relpath)
-            ),
-        )
-    except FileChangedError:
-        return STILL_BEING_WRITTEN
-    except NotRegularFileError as exc:
-        return str(exc.strerror)
-    except OSError as exc:
-        return f"cannot read: {exc.strerror or exc}"
-    if print_.digest is not None:
-        metrics.bytes_hashed(print_.stat.size)
-    return print_
-
-
 def scan(
     rules: Sequence[Rule],
     store: StateStore,
@@ -156,6 +126,7 @@ def scan(
 ) -> ScanResult:
     """Report every new or changed file owned by `rules` (all of them with `force`)."""
     result = ScanResult()
+    versions = Versions(store, rules)
     for rule in rules:
         follow = rule.settings.follow_symlinks
         for folder, fd, entries in listing(rule):
@@ -178,20 +149,11 @@ def scan(
                 path = f"{folder}/{entry.name}"
                 candidate = Candidate(path, folder, entry.name, stat_of(st))
                 previous = store.known(path) if entry.name in known else None
-                changed = True if force else is_changed(candidate.stat, previous)
+                look = Look(force=force, settle_at=clock())
                 _scan_file(
-                    rule,
-                    rules,
-                    candidate,
-                    previous,
-                    changed,
-                    store,
-                    result,
-                    dry_run=dry_run,
-                    force=force,
-                    emit=emit,
-                    now=clock(),
-                )
+                    rule, versions, candidate, previous, result,
+                    look=look, dry_run=dry_run, emit=emit,
+                )  # fmt: skip
             result.unchanged += unchanged
             if progress is not None:
                 progress(result.files_seen)
@@ -200,20 +162,17 @@ def scan(
 
 def _scan_file(
     rule: Rule,
-    rules: Sequence[Rule],
+    versions: Versions,
     candidate: Candidate,
     previous: KnownVersion | None,
-    changed: bool | None,
-    store: StateStore,
     result: ScanResult,
     *,
+    look: Look,
     dry_run: bool,
-    force: bool,
     emit: Callable[[Report, FileMatch], None] | None,
-    now: float,
 ) -> None:
     # The same decision as `explain` and `run`. Another rule's walk reports what it owns.
-    match = owner(rules, candidate.path)
+    match = owner(versions.rules, candidate.path)
     if match is None:
         reason = rule.match(candidate.path)
         if isinstance(reason, str) and not is_utf8(candidate.path):
@@ -222,70 +181,30 @@ def _scan_file(
         return
     if match.rule_name != rule.name:
         return
-    if previous is None and not force and carry_over_rename(store, rules, match, candidate.stat):
+    decision = versions.decide(rule, match, candidate.stat, previous, look)
+    if isinstance(decision, Record):
+        if not dry_run:
+            versions.record(match, decision)
+        result.reported += 1
+        if emit is not None:
+            for report in decision.reports:
+                emit(report, match)
+    elif isinstance(decision, Unchanged):
         result.unchanged += 1
-        return
-    settle = rule.settings.settle_seconds
-    # A future mtime (a sender's clock, a preserved timestamp) says nothing about an
-    # ongoing write; only a recent one does.
-    if 0 <= now - candidate.stat.mtime_ns / 1e9 < settle:
-        log.info(
-            "skipped %s: modified less than %gs ago, not settled yet",
-            display_path(candidate.path),
-            settle,
-        )
-        result.skipped += 1
-        return
-    print_ = take_version(rule, match)
-    if isinstance(print_, str):
-        log.info("skipped %s: %s", display_path(candidate.path), print_)
-        result.skipped += 1
-        return
-    if changed is None and previous is not None and print_.digest == previous.digest:
+    elif isinstance(decision, Touch):
         result.unchanged += 1  # chmod/chown or touch -c: same content, not a new version
         if not dry_run:
-            store.touch_version(candidate.path, print_.stat)
-        return
-    reports = reports_for_version(rule, match, print_)
-    if not dry_run:
-        store.record_version(candidate.path, rule.name, print_.stat, print_.digest, reports)
-        metrics.file_detected()
-    result.reported += 1
-    if emit is not None:
-        for report in reports:
-            emit(report, match)
+            versions.store.touch_version(candidate.path, decision.stat)
+    elif isinstance(decision, CarryOver):
+        result.unchanged += 1
+        if not dry_run and versions.carry_over(match, decision):
+            log.info("%s", describe_carry_over(match, decision))
+    else:  # a walk has no one to wait: what `run` parks or retries, a scan skips
+        log.info("skipped %s: %s", display_path(candidate.path), _skip_reason(decision))
+        result.skipped += 1
 
 
-def carry_over_rename(
-    store: StateStore, rules: Sequence[Rule], match: FileMatch, stat: FileStat
-) -> str | None:
-    """A reported file renamed while nobody watched (or where inotify could not pair the
-    rename): same inode, size and mtime as a reported version whose path is gone, owned by
-    the same rule with the same asset key and partition. Carry its version over to the new
-    path, as SPEC 3 says a rename within a rule is not a new version; returns the old path."""
-    for old_path, version in store.known_by_inode(stat.inode):
-        if (version.stat.size, version.stat.mtime_ns) != (stat.size, stat.mtime_ns):
-            continue
-        if old_path == match.path or os.path.lexists(old_path):
-            continue
-        previous = owner(rules, old_path)
-        if previous is None or (previous.rule_name, previous.asset_key, previous.partition) != (
-            match.rule_name,
-            match.asset_key,
-            match.partition,
-        ):
-            continue
-        if store.move_version(old_path, match.path):
-            log.info("%s was renamed from %s: not a new version",
-                     display_path(match.path), display_path(old_path))  # fmt: skip
-            return old_path
-    return None
-
-
-def file_stat(path: str, follow_symlinks: bool = False) -> FileStat | None:
-    """The stat of a regular file, or None for anything else (or nothing)."""
-    try:
-        st = os.stat(path, follow_symlinks=follow_symlinks)
-    except OSError:
-        return None
-    return stat_of(st) if stat_module.S_ISREG(st.st_mode) else None
+def _skip_reason(decision: Park | Retry | Skip) -> str:
+    if isinstance(decision, Park):
+        return f"waiting for its ready marker {display_path(decision.marker)}"
+    return decision.reason

@@ -191,6 +191,40 @@ class Settler:
         self._arm(path, _Entry(origin, settle_seconds, 0.0, stat), self.clock() + settle_seconds)
 
 
+class MarkerWaits:
+    """Settled files waiting for their ready marker, by marker path."""
+
+    def __init__(self) -> None:
+        self._by_marker: dict[str, dict[str, Settled]] = {}
+        self._marker_of: dict[str, str] = {}  # data path -> marker path
+
+    def __len__(self) -> int:
+        return len(self._marker_of)
+
+    def park(self, marker: str, settled: Settled) -> None:
+        self.unpark(settled.path)
+        self._by_marker.setdefault(marker, {})[settled.path] = settled
+        self._marker_of[settled.path] = marker
+
+    def unpark(self, path: str) -> Settled | None:
+        """Stop waiting for `path` (deleted, renamed); what was waiting, if anything."""
+        marker = self._marker_of.pop(path, None)
+        if marker is None:
+            return None
+        waiting = self._by_marker.get(marker, {})
+        settled = waiting.pop(path, None)
+        if not waiting:
+            self._by_marker.pop(marker, None)
+        return settled
+
+    def appeared(self, marker: str) -> list[Settled]:
+        """`marker` now exists: the files that waited for it (no longer waiting)."""
+        waiting = self._by_marker.pop(marker, {})
+        for path in waiting:
+            self._marker_of.pop(path, None)
+        return list(waiting.values())
+
+
 # How close together a hard-link rename's events come (see LinkRenames).
 LINK_RENAME_SECONDS = 5.0
 # Folders holding candidates at most; past this (files created and never closed, in

@@ -12,10 +12,10 @@ import pytest
 
 from asset_watcher.config import Config
 from asset_watcher.errors import StateError
-from asset_watcher.model import Change, ChangeKind
-from asset_watcher.pipeline import Found, Pipeline
+from asset_watcher.fingerprint import file_stat
+from asset_watcher.model import Change, ChangeKind, Found
+from asset_watcher.pipeline import Pipeline
 from asset_watcher.rules import compile_rules
-from asset_watcher.scan import file_stat
 from asset_watcher.state import DB_NAME, StateStore
 from tests.support.agent_run import skip_without_file_leases
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pyfakefs.fake_filesystem import FakeFilesystem
 
-from asset_watcher import scan as scan_module
+from asset_watcher import versions as versions_module
 from asset_watcher.config import load_config
 from asset_watcher.model import Report
 from asset_watcher.rules import Rule, compile_rules
@@ -56,13 +56,13 @@ def test_walk_prunes_ignored_names_and_skips_links(fs: FakeFilesystem) -> None:
 def read_counter(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records every file the scan opens for reading."""
     opened: list[str] = []
-    real = scan_module.fingerprint
+    real = versions_module.fingerprint
 
     def counting(path: str, *args: Any, **kwargs: Any) -> Any:
         opened.append(path)
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(scan_module, "fingerprint", counting)
+    monkeypatch.setattr(versions_module, "fingerprint", counting)
     return opened
 
 

@@ -1,0 +1,308 @@
+"""The one answer to "is this a new version, and what do we do with it?".
+
+`Versions.decide` looks at a file that seems complete (settled in `run`, found by a walk
+in `scan`) and returns a `Decision`: a small closed set of frozen values. It reads what
+it needs (the state, the file once) and writes nothing; `scan` and the pipeline only
+apply what it decided, each in its own way (a scan skips what `run` would park or
+retry).
+
+The order of the questions is the same for both:
+
+1. a folder on the way was swapped for a symbolic link → Skip
+2. the stat equals the reported version's → Unchanged
+3. no version under this name, but one under a name that is gone now (same inode, size
+   and mtime, same rule, asset key and partition: a rename nobody paired) → CarryOver
+4. (scan only) modified within the settle time → Skip
+5. its ready marker is missing → Park
+6. it cannot be read whole (written meanwhile, still open, unreadable) → Retry or Skip
+7. only the ctime moved and the content is the same (chmod, chown) → Touch
+8. otherwise → Record, with its reports
+
+Rename memory lives here too, in one place: versions reported under a name that is gone
+(found in the state by inode) and versions forgotten lately in `run` (`RecentlyGone`:
+inotify reports a rename into a folder it does not watch yet as a deletion).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from asset_watcher import metrics
+from asset_watcher.fingerprint import (
+    FileChangedError,
+    NotRegularFileError,
+    file_stat,
+    fingerprint,
+)
+from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
+from asset_watcher.paths import display_path, through_link
+from asset_watcher.reports import reports_for_version
+from asset_watcher.rules import Rule, owner
+from asset_watcher.state import KnownVersion, StateStore
+
+# How soon a file closed after writing but still open for writing is looked at again.
+STILL_OPEN_RETRY_SECONDS = 1.0
+# How long a deleted file's version is remembered, in case it was a rename inotify
+# could not pair (into a folder whose watch did not exist yet).
+GONE_SECONDS = 60.0
+
+
+# -- decisions ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unchanged:
+    """The reported version, as it was: nothing to do."""
+
+
+@dataclass(frozen=True)
+class Touch:
+    """Same content, new stat (chmod, chown, touch -c): store the stat, report nothing."""
+
+    stat: FileStat
+
+
+@dataclass(frozen=True)
+class CarryOver:
+    """A reported version under another name: it moves to this one, reported nothing.
+    `old_path` is the name whose version is still stored; None when it was forgotten
+    already (`RecentlyGone`) and `digest` is what it had."""
+
+    old_path: str | None
+    stat: FileStat
+    digest: str | None
+
+
+@dataclass(frozen=True)
+class Park:
+    """Complete, but its ready marker is missing: wait for the marker."""
+
+    marker: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    """Not readable whole right now: look again after `after_seconds` (in `run`), with
+    `stat` as the new starting point; a scan skips it for `reason`."""
+
+    stat: FileStat
+    after_seconds: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Not reported, for `reason` (logged by whoever applies it)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Record:
+    """A new version: store it and queue its reports."""
+
+    fingerprint: Fingerprint
+    reports: tuple[Report, ...]
+
+
+Decision = Unchanged | Touch | CarryOver | Park | Retry | Skip | Record
+
+
+@dataclass(frozen=True)
+class Look:
+    """How the caller came to ask: what changes the answer between `run` and `scan`."""
+
+    # Closed after writing (run): a read that finds it still open is a close signalled a
+    # moment before the writer let go, looked at again soon rather than skipped.
+    arrival: bool = False
+    # `scan --force`: every file is a new version (no unchanged, no carry-over).
+    force: bool = False
+    # Wall-clock now, for a walk that has no settle bookkeeping (scan): a file modified
+    # within its settle time is skipped. None: the caller settled it already (run).
+    settle_at: float | None = None
+
+
+# -- rename memory ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Gone:
+    at: float
+    known: KnownVersion
+    asset: tuple[str, tuple[str, ...], str | None]  # rule, asset key, partition
+
+
+def _asset(match: FileMatch) -> tuple[str, tuple[str, ...], str | None]:
+    return (match.rule_name, match.asset_key, match.partition)
+
+
+class RecentlyGone:
+    """Versions of files deleted lately (by inode), for `GONE_SECONDS` on `clock`."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._by_inode: dict[int, _Gone] = {}
+
+    def remember(self, known: KnownVersion, match: FileMatch) -> None:
+        now = self.clock()
+        self._by_inode = {
+            inode: gone for inode, gone in self._by_inode.items() if now - gone.at < GONE_SECONDS
+        }
+        self._by_inode[known.stat.inode] = _Gone(now, known, _asset(match))
+
+    def take(self, match: FileMatch, stat: FileStat) -> KnownVersion | None:
+        """The version a file with this stat and asset had when it went, if it went
+        lately: the file came back under a new name. Taken once."""
+        gone = self._by_inode.get(stat.inode)
+        if gone is None or self.clock() - gone.at >= GONE_SECONDS:
+            return None
+        known = gone.known
+        if (known.stat.size, known.stat.mtime_ns) != (stat.size, stat.mtime_ns):
+            return None
+        if gone.asset != _asset(match):
+            return None
+        del self._by_inode[stat.inode]
+        return known
+
+
+# -- reading a file once ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    reason: str
+    being_written: bool = False
+
+
+def read_version(rule: Rule, match: FileMatch) -> Fingerprint | _Unreadable:
+    """One read of a file that looks complete: its fingerprint, or why not."""
+    try:
+        print_ = fingerprint(
+            match.path,
+            rule.settings.hash,
+            count_lines=rule.needs_line_count,
+            follow_symlinks=rule.settings.follow_symlinks,
+            expected_real_path=(
+                None
+                if rule.settings.follow_symlinks
+                else os.path.join(rule.real_root, match.relpath)
+            ),
+        )
+    except FileChangedError:
+        return _Unreadable("still being written", being_written=True)
+    except NotRegularFileError as exc:
+        return _Unreadable(str(exc.strerror))
+    except OSError as exc:
+        return _Unreadable(f"cannot read: {exc.strerror or exc}")
+    if print_.digest is not None:
+        metrics.bytes_hashed(print_.stat.size)
+    return print_
+
+
+# -- the decision -------------------------------------------------------------------------
+
+
+class Versions:
+    """Decides with the state store and the rules (swapped on reload by the caller)."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        rules: Sequence[Rule],
+        *,
+        recently_gone: RecentlyGone | None = None,
+    ) -> None:
+        self.store = store
+        self.rules = tuple(rules)
+        self.recently_gone = recently_gone
+
+    def decide(
+        self,
+        rule: Rule,
+        match: FileMatch,
+        stat: FileStat,
+        known: KnownVersion | None,
+        look: Look = Look(),
+    ) -> Decision:
+        """What to do with `match`'s file, last seen as `stat`; `known` is its reported
+        version (the caller usually has it already)."""
+        follow = rule.settings.follow_symlinks
+        if not follow and through_link(rule.root, match.path):
+            # A folder on the way was swapped for a symbolic link after it was listed.
+            return Skip("a folder on its path is a symbolic link")
+        content_decides = False
+        if known is not None and not look.force and stat.same_version(known.stat):
+            if stat == known.stat:
+                return Unchanged()
+            content_decides = True  # only the ctime moved: a rename, chmod or upload
+        if known is None and not look.force:
+            carried = self._carried_over(match, stat)
+            if carried is not None:
+                return carried
+        settle = rule.settings.settle_seconds
+        # A future mtime (a sender's clock, a preserved timestamp) says nothing about an
+        # ongoing write; only a recent one does.
+        if look.settle_at is not None and 0 <= look.settle_at - stat.mtime_ns / 1e9 < settle:
+            return Skip(f"modified less than {settle:g}s ago, not settled yet")
+        marker = rule.marker_for(match)
+        if marker is not None and not os.path.lexists(marker):
+            return Park(marker)
+        print_ = read_version(rule, match)
+        if isinstance(print_, _Unreadable):
+            now = file_stat(match.path, follow)
+            if now is not None and now != stat:
+                return Retry(now, settle, print_.reason)  # written again
+            if now is not None and look.arrival and print_.being_written:
+                # Closed, yet open for writing: the kernel signals the close a moment
+                # before the writer lets go, or another writer has it. Look again soon.
+                return Retry(now, max(settle, STILL_OPEN_RETRY_SECONDS), print_.reason)
+            return Skip(print_.reason)
+        if content_decides and known is not None and print_.digest == known.digest:
+            return Touch(print_.stat)
+        return Record(print_, tuple(reports_for_version(rule, match, print_)))
+
+    def _carried_over(self, match: FileMatch, stat: FileStat) -> CarryOver | None:
+        """A reported file renamed while nobody watched (or where inotify could not pair
+        the rename): SPEC 3 says a rename within a rule is not a new version."""
+        for old_path, version in self.store.known_by_inode(stat.inode):
+            if (version.stat.size, version.stat.mtime_ns) != (stat.size, stat.mtime_ns):
+                continue
+            if old_path == match.path or os.path.lexists(old_path):
+                continue
+            previous = owner(self.rules, old_path)
+            if previous is not None and _asset(previous) == _asset(match):
+                return CarryOver(old_path, stat, version.digest)
+        if self.recently_gone is not None:
+            known = self.recently_gone.take(match, stat)
+            if known is not None:
+                return CarryOver(None, stat, known.digest)
+        return None
+
+    # -- applying what both callers apply alike ---------------------------------------------
+
+    def carry_over(self, match: FileMatch, decision: CarryOver) -> bool:
+        """Move the version to `match`'s name; False when the old one vanished meanwhile."""
+        if decision.old_path is None:
+            self.store.record_version(
+                match.path, match.rule_name, decision.stat, decision.digest, []
+            )
+            return True
+        return self.store.move_version(decision.old_path, match.path)
+
+    def record(self, match: FileMatch, decision: Record) -> None:
+        print_ = decision.fingerprint
+        self.store.record_version(
+            match.path, match.rule_name, print_.stat, print_.digest, decision.reports
+        )
+        metrics.file_detected()
+
+
+def describe_carry_over(match: FileMatch, decision: CarryOver) -> str:
+    if decision.old_path is None:
+        return f"{display_path(match.path)} came back under a new name: not a new version"
+    return (
+        f"{display_path(match.path)} was renamed from {display_path(decision.old_path)}: "
+        "not a new version"
+    )

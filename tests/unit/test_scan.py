@@ -33,7 +33,7 @@ def make_rules(config_file: Callable[[str], Path], root: Path, extra: str = "") 
 
 
 def test_walk_prunes_ignored_names_and_skips_links(fs: FakeFilesystem) -> None:
-    from asset_watcher.config import RuleDefaults, WatchRule
+    from asset_watcher.config import WatchRule
 
     fs.create_file("/drop/a.csv")
     fs.create_file("/drop/.hidden/b.csv")
@@ -42,9 +42,7 @@ def test_walk_prunes_ignored_names_and_skips_links(fs: FakeFilesystem) -> None:
     fs.create_file("/outside/secret")
     fs.create_symlink("/drop/link.csv", "/outside/secret")
     fs.create_symlink("/drop/linkdir", "/outside")
-    settings = WatchRule(path=Path("/drop"), asset_key="x")
-    for key, value in RuleDefaults().model_dump().items():
-        setattr(settings, key, value)
+    settings = WatchRule(path=Path("/drop"), asset_key="x")  # [defaults] as they come
     rule = Rule(settings=settings, host="h")
     found = sorted(c.path for _, files in walk(rule) for c in files)
     assert found == ["/drop/a.csv", "/drop/sub/deeper/d.csv"]

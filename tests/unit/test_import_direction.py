@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 ORDER = [
     "errors", "model", "paths", "logs", "systemd", "signals", "retry", "config", "metrics", "rules",
     "fingerprint", "checks", "reports", "state", "scan", "settle", "watchdog_hooks", "observe",
-    "reporter", "delivery", "pipeline", "dagster", "agent", "demo", "cli", "__main__",
+    "reporter", "delivery", "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asset_watcher.agent import plan_watches
 from asset_watcher.config import Config
 from asset_watcher.rules import compile_rules
+from asset_watcher.watches import plan_watches
+
+# -- plan_watches --------------------------------------------------------------------------
 
 
 def test_one_watch_per_folder_and_none_inside_a_recursive_one(tmp_path: Path) -> None:

@@ -149,6 +149,10 @@ class Scanner:
             else:
                 self._scan_folder(*work)
 
+    def _take_folder(self) -> tuple[str, bool] | None:
+        with self._cond:
+            return self._folders.pop(0) if self._folders else None
+
     def _stopped(self) -> bool:
         with self._cond:
             return self._stopping
@@ -185,11 +189,8 @@ class Scanner:
                     work.files_seen += len(candidates)
                     work.submitted += self._submit_changed(folder, candidates)
                     # New subfolders must not wait for a long rescan to finish.
-                    while self._folders:
-                        with self._cond:
-                            pending = self._folders.pop(0) if self._folders else None
-                        if pending is not None:
-                            self._scan_folder(*pending)
+                    while (pending := self._take_folder()) is not None:
+                        self._scan_folder(*pending)
                     if not self._pace():
                         log.info("%s interrupted by shutdown", work.reason)
                         return

@@ -12,7 +12,7 @@ ORDER = [
     "errors", "model", "paths", "logs", "systemd", "signals", "retry", "config", "metrics",
     "rules", "fingerprint", "checks", "reports", "state", "versions", "scan", "scanner",
     "settle", "watchdog_hooks", "observe", "reporter", "delivery", "pipeline", "dagster",
-    "agent", "demo", "cli", "__main__",
+    "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {

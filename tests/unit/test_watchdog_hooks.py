@@ -208,7 +208,7 @@ def test_fd_hygiene_never_closes_a_descriptor_watchdog_7_holds(tmp_path: Path) -
 @pytest.mark.skipif(MAJOR != 7, reason="on watchdog 6 each emitter reads its own events")
 def test_a_dead_event_reader_makes_the_watch_unhealthy(tmp_path: Path) -> None:
     """On 7 an InotifyFD thread reads for the emitters; if it ends, every watch goes quiet
-    while the emitters still run. The agent's supervisor restarts a Watch that is not
+    while the emitters still run. The supervisor (watches.py) restarts a Watch that is not
     alive, so is_alive() must see it."""
     watch = Watch(str(tmp_path), "inotify", Changes().put)
     watch.start()

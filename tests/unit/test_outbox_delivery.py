@@ -11,6 +11,7 @@ import pytest
 from asset_watcher.model import EventKind, Report
 from asset_watcher.reports import event_report
 from asset_watcher.state import OutboxItem, StateStore, order_key_parts
+from tests.support.outbox import queue_reports
 
 
 def report(key: str, seq: int, partition: str | None = None) -> Report:
@@ -34,8 +35,8 @@ def store(tmp_path: Path) -> Iterator[StateStore]:
 
 
 def test_due_gives_the_head_of_each_order_key_oldest_first(store: StateStore) -> None:
-    store.enqueue([report("a", 0), report("b", 0), report("a", 1), report("c", 0, "p1")])
-    store.enqueue([report("c", 0, "p2")])
+    queue_reports(store, [report("a", 0), report("b", 0), report("a", 1), report("c", 0, "p1")])
+    queue_reports(store, [report("c", 0, "p2")])
     assert seqs(store.due(now=0, limit=10)) == [("a", 0), ("b", 0), ("c", 0), ("c", 0)]
     assert seqs(store.due(now=0, limit=2)) == [("a", 0), ("b", 0)]
     busy = store.due(now=0, limit=1)[0].order_key
@@ -43,7 +44,7 @@ def test_due_gives_the_head_of_each_order_key_oldest_first(store: StateStore) ->
 
 
 def test_a_backing_off_head_holds_back_its_key_only(store: StateStore) -> None:
-    store.enqueue([report("a", 0), report("a", 1), report("b", 0)])
+    queue_reports(store, [report("a", 0), report("a", 1), report("b", 0)])
     head = store.due(now=0, limit=1)[0]
     store.retry_later(head.id, next_attempt_at=100.0, error="HTTP 500: boom")
     assert seqs(store.due(now=50, limit=10)) == [("b", 0)]  # a/1 waits behind a/0
@@ -57,13 +58,13 @@ def test_a_backing_off_head_holds_back_its_key_only(store: StateStore) -> None:
 
 def test_next_due_at_is_none_when_nothing_waits(store: StateStore) -> None:
     assert store.next_due_at() is None
-    store.enqueue([report("a", 0)])
+    queue_reports(store, [report("a", 0)])
     (item,) = store.due(now=0, limit=10)
     assert store.next_due_at(busy_keys=[item.order_key]) is None  # only the one in flight
 
 
 def test_make_due_clears_backoff(store: StateStore) -> None:
-    store.enqueue([report("a", 0), report("b", 0)])
+    queue_reports(store, [report("a", 0), report("b", 0)])
     a, b = store.due(now=0, limit=10)
     store.retry_later(a.id, 500.0, "x")
     store.retry_later(b.id, 900.0, "x")
@@ -73,7 +74,7 @@ def test_make_due_clears_backoff(store: StateStore) -> None:
 
 
 def test_errors_are_remembered_with_their_time(store: StateStore) -> None:
-    store.enqueue([report("a", 0), report("b", 0)])
+    queue_reports(store, [report("a", 0), report("b", 0)])
     a, b = store.due(now=0, limit=10)
     store.retry_later(a.id, 10.0, "cannot reach: refused")
     assert store.meta("last_error") == "cannot reach: refused"
@@ -87,7 +88,7 @@ def test_errors_are_remembered_with_their_time(store: StateStore) -> None:
 
 
 def test_dead_letters_listed_and_requeued_in_their_old_place(store: StateStore) -> None:
-    store.enqueue([report("a", 0, "p"), report("a", 1, "p")])
+    queue_reports(store, [report("a", 0, "p"), report("a", 1, "p")])
     first = store.due(now=0, limit=1)[0]
     store.dead_letter(first.id, "HTTP 400: no")
     (letter,) = store.dead_letter_items()

@@ -1,4 +1,5 @@
-"""The outbox queries the Deliverer relies on: heads per order key, retry times, errors."""
+"""The state store (state.py): the outbox queries the Deliverer relies on (heads per order
+key, retry times, errors, dead letters) and batches of changes committed at once."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from asset_watcher.model import EventKind, Report
+from asset_watcher.model import EventKind, FileStat, Report
 from asset_watcher.reports import event_report
 from asset_watcher.state import OutboxItem, StateStore, order_key_parts
 from tests.support.outbox import queue_reports
@@ -109,3 +110,30 @@ def test_dead_letters_listed_and_requeued_in_their_old_place(store: StateStore) 
 def test_order_key_parts_round_trip() -> None:
     assert order_key_parts(report("x y#%", 0).order_key) == (("t", "x y#%"), None)
     assert order_key_parts(report("k", 0, "2026-01-01").order_key) == (("t", "k"), "2026-01-01")
+
+
+# -- batches ---------------------------------------------------------------------------
+
+
+def version(store: StateStore, path: str) -> None:
+    report = event_report(EventKind.MATERIALIZATION, ("k", path))
+    store.record_version(path, "rule", FileStat(1, 2, 3, 4), "d", [report])
+
+
+def test_a_failed_change_inside_a_batch_takes_only_itself_back(tmp_path: Path) -> None:
+    """A batch commits many changes at once; each change inside stays atomic on its own."""
+    with StateStore(tmp_path / "state") as store:
+        with store.batch():
+            version(store, "/drop/a")
+            with pytest.raises(RuntimeError), store.transaction() as db:
+                db.execute("DELETE FROM outbox")
+                raise RuntimeError("half done")
+            version(store, "/drop/b")
+        assert store.counts().pending == 2
+        assert store.known("/drop/a") is not None and store.known("/drop/b") is not None
+
+        with pytest.raises(RuntimeError), store.batch():
+            version(store, "/drop/c")
+            raise RuntimeError("the batch fails")
+        assert store.known("/drop/c") is None  # nothing of a failed batch is kept
+        assert store.counts().pending == 2

@@ -165,13 +165,11 @@ def cmd_scan(args: argparse.Namespace) -> int:
     rules = compile_rules(config)
     if not rules:
         log.warning("no [[watch]] rules configured in %s; nothing to scan", config.source)
-    state_dir = config.state.resolved_directory()
     if args.dry_run:
         # Read what was reported before, hold no lock, write nothing.
-        exists = (state_dir / "state.sqlite3").exists()
-        store = StateStore(state_dir if exists else None, lock=False, read_only=True)
+        store = _open_existing_store(config, read_only=True)
     else:
-        store = StateStore(state_dir)
+        store = StateStore(config.state.resolved_directory())
     with store:
         printer = _ReportPrinter(config, as_json=args.json, dry_run=args.dry_run)
         show_progress = sys.stderr.isatty() and not args.json and args.log_format != "json"

@@ -48,7 +48,6 @@ CONFIG_PATH_ENV = "ASSET_WATCHER_CONFIG"
 TOKEN_ENV = "DAGSTER_CLOUD_API_TOKEN"
 CREDENTIAL_NAME = "dagster-token"
 
-HASH_ALGORITHMS = ("sha256", "blake2b", "md5", "sha1", "none")
 # Fields every template may use; a rule's regex adds its named groups.
 FILE_FIELDS = frozenset({"name", "stem", "suffix", "parent", "relpath", "reldir", "rule", "host"})
 DEFAULT_IGNORE = (".*", "*~", "*.tmp", "*.part", "*.partial", "*.filepart", "*.crdownload")

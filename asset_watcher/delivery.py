@@ -1,9 +1,9 @@
 """The Deliverer: the concurrent drain of the outbox into Dagster.
 
 One thread decides: it claims due reports from the state store, hands them to sender
-threads that only do HTTP (through `reporter.Reporter`), keeps the reports of each order
-key strictly in order, and records each answer: a 2xx acknowledges, a 4xx dead-letters,
-anything else is retried behind one shared gate.
+threads that only do HTTP (through a `Transport`: `reporter.Reporter`), keeps the reports
+of each order key strictly in order, and records each answer: a 2xx acknowledges, a 4xx
+dead-letters, anything else is retried behind one shared gate.
 """
 
 from __future__ import annotations
@@ -17,10 +17,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from asset_watcher import metrics
+from asset_watcher.config import DagsterSettings
 from asset_watcher.model import EventKind
-from asset_watcher.reporter import Answer, Reporter
+from asset_watcher.reporter import Answer
 from asset_watcher.retry import (
     Gate,
     LogThrottle,
@@ -31,6 +33,22 @@ from asset_watcher.retry import (
 from asset_watcher.state import OutboxItem, StateStore, order_key_parts
 
 log = logging.getLogger(__name__)
+
+
+class Transport(Protocol):
+    """What the Deliverer uses of `reporter.Reporter` (tests pass a fake): its settings,
+    and requests from any number of sender threads at once."""
+
+    settings: DagsterSettings
+
+    def post(self, kind: EventKind, body: str) -> Answer:
+        """Send one stored body and classify what came back; never raises for network
+        trouble."""
+        ...
+
+    def scrub(self, text: str) -> str:
+        """`text` with the token masked."""
+        ...
 
 
 def _second_500(item: OutboxItem) -> bool:
@@ -140,7 +158,7 @@ class Deliverer:
     """
 
     def __init__(
-        self, store: StateStore, reporter: Reporter, *, clock: Callable[[], float] = time.time
+        self, store: StateStore, reporter: Transport, *, clock: Callable[[], float] = time.time
     ) -> None:
         self.store = store
         self.reporter = reporter

@@ -1,4 +1,4 @@
-"""HTTP delivery to Dagster: URL building, auth header, and the concurrent outbox drain.
+"""HTTP to Dagster: URL building, the auth header, one request and its `Answer`.
 
 urllib3 (and requests' reading of the proxy environment) lives here and nowhere else:
 one HTTP stack for http and https, direct or through a proxy, with one mapping from

@@ -16,7 +16,7 @@ from urllib.parse import quote
 from asset_watcher.checks import data_rows, run_checks
 from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
 from asset_watcher.paths import utf8_path
-from asset_watcher.rules import Rule, short_host_name
+from asset_watcher.rules import Rule
 
 
 def file_uri(path: str, host: str) -> str:
@@ -108,10 +108,9 @@ def file_report(
     static: Mapping[str, Any],
     count_rows: bool = False,
     header_lines: bool = False,
-    host: str | None = None,
+    host: str,
 ) -> Report:
     """The report for one completed file version."""
-    host = host or short_host_name()
     return event_report(
         kind,
         match.asset_key,
@@ -129,9 +128,8 @@ def file_report(
     )
 
 
-def deleted_report(match: FileMatch, *, host: str | None = None) -> Report:
+def deleted_report(match: FileMatch, *, host: str) -> Report:
     """An observation saying the file is gone (`on_delete = "observe"`)."""
-    host = host or short_host_name()
     metadata = {
         "path": utf8_path(match.path),
         "dagster/uri": file_uri(match.path, host),

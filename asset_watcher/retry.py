@@ -35,14 +35,10 @@ def classify(status: int | None) -> Verdict:
 
 
 def backoff_seconds(
-    attempt: int,
-    *,
-    base_seconds: float = 1.0,
-    cap_seconds: float = 300.0,
-    rand: Callable[[], float] = random.random,
+    attempt: int, *, cap_seconds: float = 300.0, rand: Callable[[], float] = random.random
 ) -> float:
-    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
-    ceiling = min(cap_seconds, base_seconds * 2 ** min(attempt, 32))
+    """Exponential backoff with full jitter: uniform in [0, min(cap, 2**attempt)] seconds."""
+    ceiling = min(cap_seconds, 2.0 ** min(attempt, 32))
     return float(ceiling * rand())
 
 
@@ -92,7 +88,6 @@ class Gate:
     """
 
     cap_seconds: float = 300.0
-    base_seconds: float = 1.0
     rand: Callable[[], float] = random.random
     level: int = 0
     paused: bool = False
@@ -131,17 +126,14 @@ class Gate:
             delay = retry_after_seconds
             if delay is None:
                 delay = backoff_seconds(
-                    self.level - 1,
-                    base_seconds=self.base_seconds,
-                    cap_seconds=self.cap_seconds,
-                    rand=self.rand,
+                    self.level - 1, cap_seconds=self.cap_seconds, rand=self.rand
                 )
             self.hold_until = max(self.hold_until, now + delay)
         elif retry_after_seconds is not None:
             # Started before the gate closed; its Retry-After still counts.
             self.hold_until = max(self.hold_until, now + retry_after_seconds)
 
-    def on_accepted(self, now: float, dispatched_level: int | None = None) -> float | None:
+    def on_accepted(self, now: float, dispatched_level: int) -> float | None:
         """Dagster answered (2xx, or a 4xx about the report): open the gate.
 
         Returns how long delivery had been failing, or None if the gate was open or stays
@@ -149,9 +141,7 @@ class Gate:
         `dispatched_level`) says nothing about now and opens nothing. A pending
         Retry-After hold is kept: the server asked for it.
         """
-        if self.failing_since is None:
-            return None
-        if dispatched_level is not None and dispatched_level < self.level:
+        if self.failing_since is None or dispatched_level < self.level:
             return None
         failing_for = now - self.failing_since
         self.level = 0

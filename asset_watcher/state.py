@@ -110,7 +110,6 @@ SET_ASIDE_KEPT = 1000
 class KnownVersion:
     """The last reported version of a file."""
 
-    rule: str
     stat: FileStat
     digest: str | None
 
@@ -123,7 +122,6 @@ class OutboxItem:
     kind: EventKind
     order_key: str
     body: str  # the JSON text exactly as it will be sent
-    created_at: float
     attempts: int
     last_error: str | None = None  # of its latest failed attempt
 
@@ -136,7 +134,6 @@ class DeadLetter:
     kind: EventKind
     order_key: str
     body: str
-    created_at: float
     failed_at: float
     error: str
 
@@ -150,7 +147,6 @@ class SetAside:
     kind: EventKind
     order_key: str
     body: str
-    created_at: float
     set_aside_at: float
     reason: str
 
@@ -167,7 +163,7 @@ class OutboxCounts:
     pending: int
     dead: int
     oldest_pending_at: float | None
-    set_aside: int = 0
+    set_aside: int
 
 
 def _split(path: str) -> tuple[bytes, bytes]:
@@ -443,29 +439,24 @@ class StateStore:
     @_locked
     def known(self, path: str) -> KnownVersion | None:
         row = self.db.execute(
-            "SELECT rule, size, mtime_ns, inode, ctime_ns, digest FROM files"
-            " WHERE dir = ? AND name = ?",
+            "SELECT size, mtime_ns, inode, ctime_ns, digest FROM files WHERE dir = ? AND name = ?",
             _split(path),
         ).fetchone()
         if row is None:
             return None
-        rule, size, mtime, inode, ctime, digest = row
-        return KnownVersion(rule, FileStat(size, mtime, inode, ctime), digest)
+        size, mtime, inode, ctime, digest = row
+        return KnownVersion(FileStat(size, mtime, inode, ctime), digest)
 
     @_locked
     def known_by_inode(self, inode: int) -> list[tuple[str, KnownVersion]]:
         """Reported versions with this inode number (a file renamed behind our back)."""
         rows = self.db.execute(
-            "SELECT dir, name, rule, size, mtime_ns, inode, ctime_ns, digest FROM files"
-            " WHERE inode = ?",
+            "SELECT dir, name, size, mtime_ns, inode, ctime_ns, digest FROM files WHERE inode = ?",
             (inode,),
         )
         return [
-            (
-                os.fsdecode(d + b"/" + n),
-                KnownVersion(rule, FileStat(size, mtime, ino, ctime), digest),
-            )
-            for d, n, rule, size, mtime, ino, ctime, digest in rows
+            (os.fsdecode(d + b"/" + n), KnownVersion(FileStat(size, mtime, ino, ctime), digest))
+            for d, n, size, mtime, ino, ctime, digest in rows
         ]
 
     @_locked
@@ -527,10 +518,6 @@ class StateStore:
 
     # -- outbox ------------------------------------------------------------------------
 
-    def enqueue(self, reports: Iterable[Report]) -> None:
-        with self.transaction() as db:
-            self._enqueue(db, reports, time.time())
-
     @staticmethod
     def _enqueue(db: sqlite3.Connection, reports: Iterable[Report], now: float) -> None:
         db.executemany(
@@ -548,7 +535,7 @@ class StateStore:
         # Walks the outbox oldest first and stops after enough heads: a backlog of 100,000
         # after an outage costs a few index look-ups per report, not a scan per round.
         rows = self.db.execute(
-            "SELECT id, kind, order_key, body, created_at, attempts, last_error FROM outbox AS o"
+            "SELECT id, kind, order_key, body, attempts, last_error FROM outbox AS o"
             " WHERE next_attempt_at <= ? AND NOT EXISTS (SELECT 1 FROM outbox AS p"
             "  WHERE p.order_key = o.order_key AND p.id < o.id)"
             " ORDER BY id LIMIT ?",
@@ -618,9 +605,10 @@ class StateStore:
         ).fetchone()
         return row is not None
 
-    def set_aside(self, item_id: int, reason: str, check: tuple[str, str] | None = None) -> None:
-        """Take a report out of the outbox unsent (or not to be sent again) without making
-        it a dead letter; `check` (order key, check name) is now held by Dagster."""
+    def set_aside(self, item_id: int, reason: str, check: tuple[str, str]) -> None:
+        """Take a partitioned check evaluation out of the outbox unsent (or not to be sent
+        again) without making it a dead letter: Dagster holds `check` (order key, check
+        name) now."""
         now = time.time()
         with self.transaction() as db:
             db.execute(
@@ -629,10 +617,7 @@ class StateStore:
                 (now, reason, item_id),
             )
             db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
-            if check is not None:
-                db.execute(
-                    "INSERT OR IGNORE INTO check_evaluations VALUES (?, ?, ?)", (*check, now)
-                )
+            db.execute("INSERT OR IGNORE INTO check_evaluations VALUES (?, ?, ?)", (*check, now))
             db.execute(
                 "DELETE FROM set_aside WHERE id <= (SELECT id FROM set_aside"
                 " ORDER BY id DESC LIMIT 1 OFFSET ?)",
@@ -645,14 +630,11 @@ class StateStore:
         if self.schema_version < 2:  # a reader of a database not migrated yet
             return []
         rows = self.db.execute(
-            "SELECT id, kind, order_key, body, created_at, set_aside_at, reason FROM set_aside"
+            "SELECT id, kind, order_key, body, set_aside_at, reason FROM set_aside"
             " ORDER BY id DESC LIMIT ?",
             (limit,),
         )
-        return [
-            SetAside(row[0], EventKind(row[1]), row[2], row[3], row[4], row[5], row[6])
-            for row in rows
-        ]
+        return [SetAside(row[0], EventKind(row[1]), *row[2:]) for row in rows]
 
     def retry_later(self, item_id: int, next_attempt_at: float, error: str) -> None:
         with self.transaction() as db:
@@ -700,24 +682,13 @@ class StateStore:
             return cursor.rowcount
 
     @_locked
-    def dead_letters(self, limit: int = 100) -> list[tuple[int, str, str, str]]:
-        """(id, kind, body, error) of the oldest dead letters."""
-        return self.db.execute(
-            "SELECT id, kind, body, error FROM dead ORDER BY id LIMIT ?", (limit,)
-        ).fetchall()
-
-    @_locked
     def dead_letter_items(self, limit: int = 100) -> list[DeadLetter]:
         """The oldest dead letters, for `status`."""
         rows = self.db.execute(
-            "SELECT id, kind, order_key, body, created_at, failed_at, error FROM dead"
-            " ORDER BY id LIMIT ?",
+            "SELECT id, kind, order_key, body, failed_at, error FROM dead ORDER BY id LIMIT ?",
             (limit,),
         )
-        return [
-            DeadLetter(row[0], EventKind(row[1]), row[2], row[3], row[4], row[5], row[6])
-            for row in rows
-        ]
+        return [DeadLetter(row[0], EventKind(row[1]), *row[2:]) for row in rows]
 
     @_locked
     def counts(self) -> OutboxCounts:

@@ -14,7 +14,6 @@ import os
 import socket
 
 __all__ = [
-    "extend_timeout",
     "notify",
     "ready",
     "status",
@@ -82,15 +81,6 @@ def status(text: str) -> bool:
 def watchdog_ping() -> bool:
     """Prove liveness to the service watchdog: ``WATCHDOG=1``."""
     return notify("WATCHDOG=1")
-
-
-def extend_timeout(seconds: float) -> bool:
-    """Ask for ``seconds`` more before the start/stop timeout fires.
-
-    For long start-up or shutdown work (``EXTEND_TIMEOUT_USEC=``); must be repeated
-    before each extension runs out.
-    """
-    return notify(f"EXTEND_TIMEOUT_USEC={max(0, int(seconds * 1_000_000))}")
 
 
 def watchdog_interval_seconds() -> float | None:

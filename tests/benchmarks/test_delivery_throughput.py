@@ -26,6 +26,7 @@ from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
 from asset_watcher.state import StateStore
 from tests.conftest import REPO_ROOT
+from tests.support.outbox import queue_reports
 from tests.support.sink import Sink
 
 LATENCY_SECONDS = 0.1
@@ -66,9 +67,12 @@ def measure(url: str, max_in_flight: int, directory: Path) -> tuple[int, float]:
     count = int(max_in_flight / LATENCY_SECONDS * WORK_SECONDS)
     with StateStore(directory) as store:
         # Distinct asset keys: per-key ordering would otherwise serialise them.
-        store.enqueue(
-            event_report(EventKind.MATERIALIZATION, ("bench", f"k{n}"), metadata={"n": n})
-            for n in range(count)
+        queue_reports(
+            store,
+            (
+                event_report(EventKind.MATERIALIZATION, ("bench", f"k{n}"), metadata={"n": n})
+                for n in range(count)
+            ),
         )
         reporter = Reporter(DagsterSettings(url=url, max_in_flight=max_in_flight))
         try:

@@ -28,7 +28,7 @@ def deliver_all(config: Config, store: StateStore) -> None:
     finally:
         reporter.close()
     counts = store.counts()
-    assert (counts.pending, counts.dead) == (0, 0), store.dead_letters()
+    assert (counts.pending, counts.dead) == (0, 0), store.dead_letter_items()
 
 
 def scan_and_deliver(config: Config) -> None:

@@ -12,6 +12,7 @@ from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
 from asset_watcher.state import StateStore
 from tests.support.agent_run import poll_until
+from tests.support.outbox import queue_reports
 from tests.support.sink import RecordedRequest, Sink
 
 
@@ -31,13 +32,13 @@ def test_run_delivers_what_is_queued_until_stopped(tmp_path: Path, sink: Sink) -
         thread = threading.Thread(target=deliverer.run, args=(stop,))
         thread.start()
         try:
-            store.enqueue(reports("a", "b"))
+            queue_reports(store, reports("a", "b"))
             deliverer.wake()
             sink.wait_for_count(2)
             # Sent concurrently: pick each fault's victim by its key, not by arrival order.
             sink.fail_next(1, 400, message="bad key", match=lambda r: key_of(r) == "dead")
             sink.fail_next(1, 503, retry_after=0, match=lambda r: key_of(r) == "retried")
-            store.enqueue(reports("dead", "retried"))
+            queue_reports(store, reports("dead", "retried"))
             deliverer.wake()
             poll_until(lambda: store.counts().pending == 0, what="outbox empty")
         finally:
@@ -48,14 +49,14 @@ def test_run_delivers_what_is_queued_until_stopped(tmp_path: Path, sink: Sink) -
         keys = sorted(key_of(r) for r in sink.requests)
         assert keys == ["a", "b", "dead", "retried", "retried"]
         assert store.counts().dead == 1
-        assert "bad key" in store.dead_letters()[0][3]
+        assert "bad key" in store.dead_letter_items()[0].error
 
 
 def test_drain_for_scan(tmp_path: Path, sink: Sink) -> None:
     with StateStore(tmp_path / "state") as store:
         reporter = Reporter(DagsterSettings(url=sink.url))
         try:
-            store.enqueue(reports("x", "y"))
+            queue_reports(store, reports("x", "y"))
             summary = Deliverer(store, reporter).drain(patience_seconds=5)
         finally:
             reporter.close()

@@ -29,6 +29,7 @@ from asset_watcher.reports import event_report
 from asset_watcher.retry import Verdict
 from asset_watcher.state import StateStore
 from tests.support.agent_run import poll_until
+from tests.support.outbox import queue_reports
 from tests.support.sink import RecordedRequest, Sink
 
 MAT = "/report_asset_materialization/"
@@ -119,7 +120,7 @@ def test_outage_during_200_reports_all_delivered_oldest_first(
 ) -> None:
     caplog.set_level(logging.INFO, logger="asset_watcher")
     expected = {(f"k{i % 40}", i // 40) for i in range(200)}
-    store.enqueue([report(f"k{i % 40}", i // 40) for i in range(200)])
+    queue_reports(store, [report(f"k{i % 40}", i // 40) for i in range(200)])
     sink.set_delay(0.01)
     reporter = Reporter(settings(sink.url))
     deliverer = Deliverer(store, reporter)
@@ -157,7 +158,7 @@ def test_outage_during_200_reports_all_delivered_oldest_first(
 def test_drain_gives_up_after_patience_and_keeps_everything(
     sink: Sink, store: StateStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store.enqueue([report("a", n) for n in range(3)] + [report("b", 0)])
+    queue_reports(store, [report("a", n) for n in range(3)] + [report("b", 0)])
     sink.down()
     reporter = Reporter(settings(sink.url))
     try:
@@ -174,7 +175,7 @@ def test_drain_gives_up_after_patience_and_keeps_everything(
 
 
 def test_429_retry_after_is_honoured(sink: Sink, store: StateStore) -> None:
-    store.enqueue([report("a", 0), report("b", 0)])
+    queue_reports(store, [report("a", 0), report("b", 0)])
     sink.fail_next(1, 429, retry_after="2", message="rate limited")
     # Retry-After is honoured up to the backoff cap (test_hostile_server: beyond it).
     reporter = Reporter(settings(sink.url, max_in_flight=1, backoff_max_seconds=30))
@@ -195,7 +196,7 @@ def test_429_retry_after_is_honoured(sink: Sink, store: StateStore) -> None:
 def test_429_retry_after_http_date_is_honoured(sink: Sink, store: StateStore) -> None:
     from email.utils import formatdate
 
-    store.enqueue([report("a", 0)])
+    queue_reports(store, [report("a", 0)])
     # An HTTP date has whole seconds: 3 s from now is at least 2 s away.
     sink.fail_next(1, 503, retry_after=formatdate(time.time() + 3, usegmt=True))
     reporter = Reporter(settings(sink.url, backoff_max_seconds=30))
@@ -212,8 +213,8 @@ def test_429_retry_after_http_date_is_honoured(sink: Sink, store: StateStore) ->
 
 
 def test_500_on_one_report_holds_up_only_its_own_key(sink: Sink, store: StateStore) -> None:
-    store.enqueue([report("poison", 0), report("poison", 1)])
-    store.enqueue([report(f"ok{n}", 0) for n in range(30)])
+    queue_reports(store, [report("poison", 0), report("poison", 1)])
+    queue_reports(store, [report(f"ok{n}", 0) for n in range(30)])
     sink.fail_next(3, 500, match=lambda r: key_and_seq(r) == ("poison", 0))
     reporter = Reporter(settings(sink.url))
     try:
@@ -236,8 +237,8 @@ def test_per_key_order_under_concurrency(sink: Sink, store: StateStore) -> None:
     per_key = 12
     delay = 0.03
     # Interleaved, as files of several feeds completing at once.
-    store.enqueue(
-        [report(key, seq, partition) for seq in range(per_key) for key, partition in keys]
+    queue_reports(
+        store, [report(key, seq, partition) for seq in range(per_key) for key, partition in keys]
     )
     sink.set_delay(delay)
     reporter = Reporter(settings(sink.url, max_in_flight=8))
@@ -270,7 +271,7 @@ def test_401_pauses_all_delivery_drops_nothing_and_resumes(
     sink: Sink, store: StateStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="asset_watcher")
-    store.enqueue([report(f"k{n % 5}", n // 5) for n in range(20)])
+    queue_reports(store, [report(f"k{n % 5}", n // 5) for n in range(20)])
     sink.set_default_response(401)
     delay = 0.05
     sink.set_delay(delay)
@@ -300,7 +301,7 @@ def test_401_pauses_all_delivery_drops_nothing_and_resumes(
 
 
 def test_drain_stops_at_once_on_403(sink: Sink, store: StateStore) -> None:
-    store.enqueue([report(f"k{n}", 0) for n in range(20)])
+    queue_reports(store, [report(f"k{n}", 0) for n in range(20)])
     sink.set_default_response(403)
     reporter = Reporter(settings(sink.url, max_in_flight=4))
     try:
@@ -322,7 +323,7 @@ def test_wake_sends_new_reports_without_polling(sink: Sink, store: StateStore) -
     deliverer.idle_recheck_seconds = 3600  # only wake() can bring the report in time
     try:
         with delivering(deliverer):
-            store.enqueue([report("late", 0)])
+            queue_reports(store, [report("late", 0)])
             deliverer.wake()
             sink.wait_for_count(1, timeout=10)
             wait_until(lambda: store.counts().pending == 0, what="acked")
@@ -334,7 +335,7 @@ def test_wake_sends_new_reports_without_polling(sink: Sink, store: StateStore) -
 def test_stop_lets_requests_in_flight_finish_and_keeps_the_rest(
     sink: Sink, store: StateStore
 ) -> None:
-    store.enqueue([report(f"k{n}", 0) for n in range(40)])
+    queue_reports(store, [report(f"k{n}", 0) for n in range(40)])
     sink.set_delay(0.3)
     reporter = Reporter(settings(sink.url, max_in_flight=4))
     deliverer = Deliverer(store, reporter)
@@ -355,7 +356,7 @@ def test_stop_lets_requests_in_flight_finish_and_keeps_the_rest(
 def test_stop_with_a_hung_server_returns_within_the_request_timeout(
     sink: Sink, store: StateStore
 ) -> None:
-    store.enqueue([report(f"k{n}", 0) for n in range(4)])
+    queue_reports(store, [report(f"k{n}", 0) for n in range(4)])
     sink.set_delay(60)
     reporter = Reporter(settings(sink.url, max_in_flight=2, timeout_seconds=0.5))
     deliverer = Deliverer(store, reporter)
@@ -376,7 +377,7 @@ def test_stop_with_a_hung_server_returns_within_the_request_timeout(
 def test_full_state_database_raises_and_loses_nothing(sink: Sink, tmp_path: Path) -> None:
     directory = tmp_path / "state"
     with StateStore(directory) as store:
-        store.enqueue([report("big", 0, blob="x" * 20000)])
+        queue_reports(store, [report("big", 0, blob="x" * 20000)])
         pages = store.db.execute("PRAGMA page_count").fetchone()[0]
         store.db.execute(f"PRAGMA max_page_count = {pages}")
         sink.fail_next(1, 400, message="rejected")  # dead-lettering needs new pages

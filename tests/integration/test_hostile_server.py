@@ -32,6 +32,7 @@ from asset_watcher.reports import event_report
 from asset_watcher.state import StateStore
 from tests.conftest import CliRun
 from tests.support.hostile import Conn, Hostile, Request, Script, answer, answering
+from tests.support.outbox import queue_reports
 from tests.support.sink import Sink
 
 TIMEOUT = 2.0  # the request timeout of these tests
@@ -123,7 +124,7 @@ def drip_body(server: Hostile, conn: Conn, request: Request) -> bool:
     "script", [drip_status_line, drip_headers, drip_body], ids=["status", "headers", "body"]
 )
 def test_a_dripping_server_cannot_hold_a_sender(store: StateStore, script: Script) -> None:
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(script) as server:
         summary, elapsed = deliver_once(server.url, store)
         assert_hung_up(server)
@@ -146,7 +147,7 @@ def test_an_extra_answer_never_acknowledges_the_next_report(store: StateStore) -
             server.send(conn, answer(500, b'{"error": "boom"}'))
         return True
 
-    store.enqueue([report("first"), report("second")])
+    queue_reports(store, [report("first"), report("second")])
     with Hostile(script) as server:
         summary, _ = deliver_once(server.url, store)
     assert summary.delivered == 1
@@ -175,11 +176,11 @@ def test_a_late_extra_answer_makes_the_connection_unusable(store: StateStore) ->
     with Hostile(script) as server:
         reporter = Reporter(settings(server.url))
         try:
-            store.enqueue([report("first")])
+            queue_reports(store, [report("first")])
             assert deliver(reporter, store)[0].delivered == 1
             go.set()
             server.wait_for(sent.is_set)
-            store.enqueue([report("second")])
+            queue_reports(store, [report("second")])
             summary, _ = deliver(reporter, store)
         finally:
             reporter.close()
@@ -220,7 +221,7 @@ def one_byte_over(server: Hostile, conn: Conn, request: Request) -> bool:
     ids=["endless", "endless-chunked", "2MiB", "1MiB+1"],
 )
 def test_a_body_over_the_bound_is_an_error_retried(store: StateStore, script: Script) -> None:
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(script) as server:
         summary, elapsed = deliver_once(server.url, store)
         assert_hung_up(server)
@@ -232,7 +233,7 @@ def test_a_body_over_the_bound_is_an_error_retried(store: StateStore, script: Sc
 
 
 def test_a_body_of_exactly_the_bound_is_read(store: StateStore) -> None:
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(answering(200, b" " * MAX_ANSWER_BYTES)) as server:
         summary, _ = deliver_once(server.url, store)
     assert summary.delivered == 1 and store.counts().pending == 0
@@ -246,7 +247,7 @@ def test_a_garbage_status_line_is_retried(store: StateStore) -> None:
         server.send(conn, b"SSH-2.0-OpenSSH_9.6\r\n\r\n")
         return True
 
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(script) as server:
         summary, elapsed = deliver_once(server.url, store)
         assert_hung_up(server)
@@ -266,7 +267,7 @@ def test_a_flood_of_interim_answers_is_cut_off(store: StateStore, interim: bytes
         server.flood(conn, interim * 64)
         return False
 
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(script) as server:
         summary, elapsed = deliver_once(server.url, store)
         assert_hung_up(server)
@@ -308,7 +309,7 @@ def tls(certificate: tuple[Path, Path]) -> ssl.SSLContext:
 def test_https_with_a_ca_bundle_delivers(
     store: StateStore, tls: ssl.SSLContext, certificate: tuple[Path, Path]
 ) -> None:
-    store.enqueue([report("a"), report("b")])
+    queue_reports(store, [report("a"), report("b")])
     with Hostile(answering(200), tls=tls) as server:
         summary, _ = deliver_once(server.url, store, verify_tls=str(certificate[0]))
     assert summary.delivered == 2 and store.counts().pending == 0
@@ -316,7 +317,7 @@ def test_https_with_a_ca_bundle_delivers(
 
 
 def test_https_without_the_ca_is_refused_and_kept(store: StateStore, tls: ssl.SSLContext) -> None:
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(answering(200), tls=tls) as server:
         summary, _ = deliver_once(server.url, store)
     assert_kept(store, summary, "a")
@@ -327,7 +328,7 @@ def test_https_without_the_ca_is_refused_and_kept(store: StateStore, tls: ssl.SS
 def test_https_answers_are_bounded_too(
     store: StateStore, tls: ssl.SSLContext, certificate: tuple[Path, Path], script: Script
 ) -> None:
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(script, tls=tls) as server:
         summary, elapsed = deliver_once(server.url, store, verify_tls=str(certificate[0]))
         assert_hung_up(server)
@@ -340,7 +341,7 @@ def test_https_answers_are_bounded_too(
 def test_https_drip_is_cut_off(
     store: StateStore, tls: ssl.SSLContext, certificate: tuple[Path, Path]
 ) -> None:
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(drip_body, tls=tls) as server:
         summary, elapsed = deliver_once(server.url, store, verify_tls=str(certificate[0]))
         assert_hung_up(server)
@@ -360,7 +361,7 @@ def test_a_dripped_tls_handshake_is_cut_off(store: StateStore) -> None:
         # A TLS record header announcing a long handshake record, then a byte a second.
         server.drip(server.conns[0], b"\x16\x03\x03\x40\x00" + b"\x02" * 40)
 
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     with Hostile(script) as server:
         url = server.url.replace("http://", "https://")
         dripper = threading.Thread(target=_quietly, args=(accept_and_drip, server))
@@ -405,7 +406,7 @@ def test_retry_after_is_never_a_dead_letter_and_never_beyond_the_cap(
     sink: Sink, store: StateStore, retry_after: str, clamped: bool, status: int
 ) -> None:
     sink.fail_next(1, status, retry_after=retry_after)
-    store.enqueue([report("a")])
+    queue_reports(store, [report("a")])
     reporter = Reporter(settings(sink.url, backoff_max_seconds=CAP))
     try:
         deliverer = Deliverer(store, reporter)
@@ -432,7 +433,7 @@ def test_a_huge_retry_after_does_not_park_later_versions_of_the_key(
 ) -> None:
     """Two versions of one key: once the cap has passed, both go."""
     sink.fail_next(1, 503, retry_after="99999999999")
-    store.enqueue([report("a"), report("a")])
+    queue_reports(store, [report("a"), report("a")])
     reporter = Reporter(settings(sink.url, backoff_max_seconds=0.5))
     try:
         summary = Deliverer(store, reporter).drain(patience_seconds=5)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from asset_watcher.state import DB_NAME
 from tests.conftest import CliRun
 from tests.support.sink import RecordedRequest, Sink
 
@@ -53,7 +54,7 @@ def test_scan_after_an_outage_delivers_what_an_earlier_scan_backed_off(
     assert "0 delivered, 3 pending" in first.stderr
     assert "cannot reach" in first.stderr
     # The earlier run stored a retry time far beyond the next scan's patience for one.
-    with contextlib.closing(sqlite3.connect(tmp_path / "state" / "state.sqlite3")) as db:
+    with contextlib.closing(sqlite3.connect(tmp_path / "state" / DB_NAME)) as db:
         db.execute(
             "UPDATE outbox SET next_attempt_at = 4e9 WHERE id = (SELECT MIN(id) FROM outbox)"
         )

@@ -12,6 +12,7 @@ from asset_watcher.config import DagsterSettings
 from asset_watcher.model import EventKind
 from asset_watcher.reporter import Answer, Reporter
 from asset_watcher.retry import Verdict
+from asset_watcher.state import DB_NAME
 from tests.conftest import CliRun
 from tests.support.sink import Sink
 
@@ -101,12 +102,12 @@ def test_read_only_commands_leave_a_broken_database_alone(
     config = config_for(config_file, sink.url, tmp_path)
     state = tmp_path / "state"
     state.mkdir()
-    (state / "state.sqlite3").write_bytes(b"this is not a database" * 100)
+    (state / DB_NAME).write_bytes(b"this is not a database" * 100)
     for args in (("status",), ("scan", "--dry-run")):
         result = cli("-c", str(config), *args)
         assert result.returncode == 1, result.stderr
         assert "unreadable" in result.stderr and "Traceback" not in result.stderr
-    assert sorted(p.name for p in state.iterdir()) == ["state.sqlite3"]
+    assert sorted(p.name for p in state.iterdir()) == [DB_NAME]
 
 
 def test_explain_says_links_are_not_followed(

@@ -145,7 +145,7 @@ def test_gate_after_failure_holds_then_probes_alone_then_opens() -> None:
     gate.on_failure(clock(), dispatched_level=2)
     assert gate.hold_until == clock() + 4.0
     clock.advance(4.0)
-    assert gate.on_accepted(clock()) == 7.0  # failing for 7 s
+    assert gate.on_accepted(clock(), dispatched_level=3) == 7.0  # failing for 7 s
     assert (gate.level, gate.failing_since, gate.failed_attempts) == (0, None, 0)
     assert gate.capacity(clock(), 0, 8) == 8
 
@@ -198,7 +198,7 @@ def test_gate_honours_retry_after_even_from_a_stale_request() -> None:
     gate.on_failure(clock(), dispatched_level=0, retry_after_seconds=7.0)
     assert (gate.level, gate.hold_until) == (1, clock() + 7.0)
     # A success in between does not cancel what the server asked for.
-    gate.on_accepted(clock())
+    gate.on_accepted(clock(), dispatched_level=1)
     assert gate.capacity(clock() + 6.9, 0, 8) == 0
     assert gate.capacity(clock() + 7.0, 0, 8) == 8
 
@@ -222,7 +222,7 @@ def test_gate_pause_on_auth_probes_with_backoff_until_accepted() -> None:
     gate.on_failure(clock(), dispatched_level=1, pause=True)
     assert gate.hold_until == clock() + 2.0
     clock.advance(2.0)
-    assert gate.on_accepted(clock()) == 3.0
+    assert gate.on_accepted(clock(), dispatched_level=2) == 3.0
     assert not gate.paused
     assert gate.capacity(clock(), 0, 4) == 4
 

@@ -75,10 +75,9 @@ def abstract_socket(monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
             lambda: sd.status("watching 3 folders, 0 pending"),
             b"STATUS=watching 3 folders, 0 pending",
         ),
-        (lambda: sd.extend_timeout(1.5), b"EXTEND_TIMEOUT_USEC=1500000"),
         (lambda: sd.notify("RELOADING=1\nSTATUS=reloading"), b"RELOADING=1\nSTATUS=reloading"),
     ],
-    ids=["ready", "stopping", "watchdog", "status", "extend-timeout", "raw"],
+    ids=["ready", "stopping", "watchdog", "status", "raw"],
 )
 def test_path_socket_receives_exact_datagram(
     path_socket: socket.socket, send: Callable[[], bool], expected: bytes

@@ -43,8 +43,6 @@ class _Full:
 @dataclass
 class ScannerState:
     running: str | None = None  # the reason of the full scan under way
-    scans_done: int = 0
-    last_scan_seconds: float | None = None
     next_due: dict[str, float] = field(default_factory=dict)
 
 
@@ -197,8 +195,6 @@ class Scanner:
         finally:
             self.state.running = None
         seconds = self.clock() - work.started_at
-        self.state.scans_done += 1
-        self.state.last_scan_seconds = seconds
         log.info(
             "%s done in %.1fs: %d files seen, %d new or changed",
             work.reason,

@@ -65,13 +65,6 @@ class Settler:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def __contains__(self, path: object) -> bool:
-        return path in self._entries
-
-    def origin(self, path: str) -> Origin | None:
-        entry = self._entries.get(path)
-        return entry.origin if entry is not None else None
-
     def _arm(self, path: str, entry: _Entry, deadline: float) -> None:
         entry.deadline = deadline
         self._entries[path] = entry

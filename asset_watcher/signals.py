@@ -44,7 +44,6 @@ class SignalFlags:
 
     stop_signal: str | None = None  # "SIGTERM", "SIGINT" (or "SIGHUP" when it stops)
     hangups: int = 0  # SIGHUPs received (reload requests)
-    installed: bool = False  # handlers are in place (only the main thread can install)
 
     @property
     def stop_requested(self) -> bool:
@@ -96,10 +95,8 @@ def handle_signals(
     try:
         for signum, handler in handlers.items():
             previous.append((signum, signal.signal(signum, handler)))
-        flags.installed = True
         yield flags
     finally:
         for signum, old in previous:
             if old is not None:  # None: a handler from C, which Python cannot put back
                 signal.signal(signum, old)
-        flags.installed = False

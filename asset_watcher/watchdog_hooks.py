@@ -415,11 +415,6 @@ def attach() -> HookStatus:
         return _status
 
 
-def status() -> HookStatus | None:
-    """What `attach()` found; None before it ran."""
-    return _status
-
-
 # -- what observe.py asks of watchdog's insides -------------------------------------------
 
 

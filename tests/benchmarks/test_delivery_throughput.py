@@ -26,7 +26,7 @@ from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
 from asset_watcher.state import StateStore
 from tests.conftest import REPO_ROOT
-from tests.support.outbox import queue_reports
+from tests.support.queueing import queue_reports
 from tests.support.sink import Sink
 
 LATENCY_SECONDS = 0.1

@@ -12,7 +12,7 @@ from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
 from asset_watcher.state import StateStore
 from tests.support.agent_run import poll_until
-from tests.support.outbox import queue_reports
+from tests.support.queueing import queue_reports
 from tests.support.sink import RecordedRequest, Sink
 
 

@@ -32,7 +32,7 @@ from asset_watcher.reports import event_report
 from asset_watcher.state import StateStore
 from tests.conftest import CliRun
 from tests.support.hostile import Conn, Hostile, Request, Script, answer, answering
-from tests.support.outbox import queue_reports
+from tests.support.queueing import queue_reports
 from tests.support.sink import Sink
 
 TIMEOUT = 2.0  # the request timeout of these tests

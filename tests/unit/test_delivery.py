@@ -32,7 +32,7 @@ from asset_watcher.reporter import Answer
 from asset_watcher.reports import check_report, event_report
 from asset_watcher.retry import Verdict, classify
 from asset_watcher.state import OutboxItem, StateStore
-from tests.support.outbox import queue_reports
+from tests.support.queueing import queue_reports
 from tests.support.waiting import poll_until
 
 BACKOFF_MAX_SECONDS = 10.0

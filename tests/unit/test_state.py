@@ -12,7 +12,7 @@ import pytest
 from asset_watcher.model import EventKind, FileStat, Report
 from asset_watcher.reports import event_report
 from asset_watcher.state import OutboxItem, StateStore, order_key_parts
-from tests.support.outbox import queue_reports
+from tests.support.queueing import queue_reports
 
 
 def report(key: str, seq: int, partition: str | None = None) -> Report:

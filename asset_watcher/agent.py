@@ -18,10 +18,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from asset_watcher import metrics, systemd
-from asset_watcher.config import Config, load_config
+from asset_watcher.config import Config, DagsterSettings, SecretStr, load_config
 from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
 from asset_watcher.logs import add_secret
@@ -45,23 +44,6 @@ MAIN_WAIT_SECONDS = 0.1
 DELIVERER_AFTER_CLOSE_SECONDS = 2.0
 
 
-@dataclass
-class _Threads:
-    pipeline: threading.Thread | None = None
-    scanner: threading.Thread | None = None
-    deliverer: threading.Thread | None = None
-
-    def all(self) -> list[threading.Thread]:
-        return [t for t in (self.pipeline, self.scanner, self.deliverer) if t is not None]
-
-
-@dataclass
-class _Delivery:
-    reporter: Reporter
-    deliverer: Deliverer
-    stop: threading.Event = field(default_factory=threading.Event)
-
-
 def _thread(name: str, target: Callable[[], None]) -> threading.Thread:
     """A daemon thread that logs how it died: past the shutdown bound, a request still in
     flight must not keep the process alive (its report stays in the outbox)."""
@@ -77,6 +59,62 @@ def _thread(name: str, target: Callable[[], None]) -> threading.Thread:
     thread = threading.Thread(target=body, name=f"asset-watcher-{name}", daemon=True)
     thread.start()
     return thread
+
+
+class DeliveryThread:
+    """The deliverer's thread over one reporter, and its restart when a reload changed
+    [dagster]: the running deliverer stops claiming reports and lets its requests in
+    flight finish (up to its own timeout + 1 s); the new one starts when it has ended.
+    Starting it earlier would send those reports twice."""
+
+    def __init__(self, store: StateStore, settings: DagsterSettings, token: SecretStr | None):
+        self.store = store
+        self._next: tuple[DagsterSettings, SecretStr | None] | None = None  # a restart waits
+        self._start(settings, token)
+
+    def _start(self, settings: DagsterSettings, token: SecretStr | None) -> None:
+        self.reporter = Reporter(settings, token)
+        self.deliverer = deliverer = Deliverer(self.store, self.reporter)
+        self._stop = stop = threading.Event()
+        self.thread = _thread("deliverer", lambda: deliverer.run(stop))
+
+    def wake(self) -> None:
+        self.deliverer.wake()
+
+    def healthy(self) -> bool:
+        return self._next is not None or self.thread.is_alive()  # restarting: meant to end
+
+    def restart(self, settings: DagsterSettings, token: SecretStr | None) -> None:
+        self._stop.set()
+        self.deliverer.wake()
+        if self._next is None:
+            log.info(
+                "delivery restarts with the new [dagster] settings once requests in flight end"
+            )
+        self._next = (settings, token)
+        self.finish_restart()
+
+    def finish_restart(self) -> None:
+        """From the main loop: start the new deliverer once the old thread has ended."""
+        if self._next is None or self.thread.is_alive():
+            return
+        self.reporter.close()
+        settings, token = self._next
+        self._next = None
+        self._start(settings, token)
+        log.info("delivery restarted with the new [dagster] settings")
+
+    def stop(self, deadline: float) -> bool:
+        """Stop claiming reports; the request in flight may finish until `deadline`."""
+        self._stop.set()
+        self.deliverer.wake()
+        self.thread.join(max(0.0, deadline - time.monotonic()))
+        # Closing cuts off any request still running, so a stuck sender is freed too (what
+        # it carried stays in the outbox); the deliverer then ends within a moment.
+        self.reporter.close()
+        if self.thread.is_alive():
+            self.thread.join(DELIVERER_AFTER_CLOSE_SECONDS)
+        return not self.thread.is_alive()
 
 
 class Agent:
@@ -96,11 +134,9 @@ class Agent:
         # Set by the signal handlers (or by a test, as a handler would); read each loop.
         self.signals = signals if signals is not None else SignalFlags()
         self._hangups = HangupCounter(self.signals)
-        self._threads = _Threads()
+        self._threads: list[threading.Thread] = []  # the pipeline's and the scanner's
+        self.delivery: DeliveryThread | None = None
         self.watches: Watches | None = None  # made with the scanner, in _start
-        # A reload changed [dagster]: the old deliverer is finishing its requests in
-        # flight; the new one starts once it has ended (never two at once).
-        self._delivery_restart = False
         self.rules: list[Rule] = []
         self.exit_status = EXIT_OK
 
@@ -126,14 +162,16 @@ class Agent:
                 "no [[watch]] rules in %s: nothing to watch until a reload adds some",
                 self.config.source,
             )
-        self._delivery = self._start_delivery()
+        self.delivery = DeliveryThread(self.store, self.config.dagster, self.config.token)
         self.pipeline = Pipeline(self.rules, self.store, on_queued=self._queued)
         self.scanner = Scanner(
             self.rules, self.store, self.pipeline.submit, backlog=self.pipeline.backlog
         )
         self.watches = Watches(self.pipeline.submit, self.scanner)
-        self._threads.pipeline = _thread("pipeline", self.pipeline.run)
-        self._threads.scanner = _thread("scanner", self.scanner.run)
+        self._threads = [
+            _thread("pipeline", self.pipeline.run),
+            _thread("scanner", self.scanner.run),
+        ]
         self.watches.set_rules(self.rules, initial=True)
         systemd.ready()
         counts = self.watches.counts()
@@ -146,65 +184,13 @@ class Agent:
         self.scanner.request_full(None, "catch-up scan")
         self._send_status()
 
-    def _start_delivery(self) -> _Delivery:
-        reporter = Reporter(self.config.dagster, self.config.token)
-        delivery = _Delivery(reporter, Deliverer(self.store, reporter))
-        self._threads.deliverer = _thread(
-            "deliverer", lambda: delivery.deliverer.run(delivery.stop)
-        )
-        return delivery
-
-    def _stop_delivery(self, delivery: _Delivery, deadline: float) -> bool:
-        """Stop claiming reports; the request in flight may finish until `deadline`."""
-        delivery.stop.set()
-        delivery.deliverer.wake()
-        thread = self._threads.deliverer
-        if thread is not None:
-            thread.join(max(0.0, deadline - time.monotonic()))
-        # Closing cuts off any request still running, so a stuck sender is freed too (what
-        # it carried stays in the outbox); the deliverer then ends within a moment.
-        delivery.reporter.close()
-        if thread is not None and thread.is_alive():
-            thread.join(DELIVERER_AFTER_CLOSE_SECONDS)
-        return thread is None or not thread.is_alive()
-
     def _queued(self) -> None:
-        self._delivery.deliverer.wake()
-
-    def _healthy(self) -> bool:
-        threads = self._threads.all()
-        if self._delivery_restart:  # the old deliverer is meant to end
-            threads = [t for t in threads if t is not self._threads.deliverer]
-        return all(thread.is_alive() for thread in threads)
-
-    def _restart_delivery(self) -> None:
-        """Apply new [dagster] settings: the running deliverer stops claiming reports and
-        lets its requests in flight finish (up to its own timeout + 1 s); the new one
-        starts when it has ended. Starting it earlier would send those reports twice."""
-        delivery = self._delivery
-        delivery.stop.set()
-        delivery.deliverer.wake()
-        if not self._delivery_restart:
-            self._delivery_restart = True
-            log.info(
-                "delivery restarts with the new [dagster] settings once requests in flight end"
-            )
-        self._finish_delivery_restart()
-
-    def _finish_delivery_restart(self) -> None:
-        """From the main loop: start the new deliverer once the old thread has ended."""
-        if not self._delivery_restart:
-            return
-        thread = self._threads.deliverer
-        if thread is not None and thread.is_alive():
-            return
-        self._delivery.reporter.close()
-        self._delivery_restart = False
-        self._delivery = self._start_delivery()
-        log.info("delivery restarted with the new [dagster] settings")
+        if self.delivery is not None:
+            self.delivery.wake()
 
     def _main_loop(self) -> None:
         watches = self._running_watches()
+        delivery = self._running_delivery()
         interval = systemd.watchdog_interval_seconds()
         now = time.monotonic()
         next_ping = now
@@ -216,9 +202,11 @@ class Agent:
             if self.stop_event.is_set():
                 break
             now = time.monotonic()
-            self._finish_delivery_restart()
-            if not self._healthy():
-                dead = [t.name for t in self._threads.all() if not t.is_alive()]
+            delivery.finish_restart()
+            dead = [t.name for t in self._threads if not t.is_alive()]
+            if not delivery.healthy():
+                dead.append(delivery.thread.name)
+            if dead:
                 log.critical(
                     "%s stopped unexpectedly; exiting so the service manager restarts the "
                     "agent (nothing is lost: the outbox and the catch-up scan cover it)",
@@ -257,16 +245,18 @@ class Agent:
 
         if self.watches is not None:
             self.watches.stop(left)
-        if self._threads.scanner is not None:
+        if self._threads:  # the scanner first: nothing new reaches the pipeline after it
+            pipeline, scanner = self._threads
             self.scanner.stop()
-            self._threads.scanner.join(left())
-        if self._threads.pipeline is not None:
+            scanner.join(left())
             self.pipeline.stop()
-            self._threads.pipeline.join(left())
+            pipeline.join(left())
         delivered = True
-        if self._threads.deliverer is not None:
-            delivered = self._stop_delivery(self._delivery, deadline)
-        busy = [t.name for t in self._threads.all() if t.is_alive()]
+        threads = list(self._threads)
+        if self.delivery is not None:
+            delivered = self.delivery.stop(deadline)
+            threads.append(self.delivery.thread)
+        busy = [t.name for t in threads if t.is_alive()]
         pending = None
         with contextlib.suppress(AssetWatcherError):
             pending = self.store.counts().pending
@@ -324,7 +314,7 @@ class Agent:
         old_token = old.token.get_secret_value() if old.token else None
         new_token = new.token.get_secret_value() if new.token else None
         if new.dagster != old.dagster or new_token != old_token:
-            self._restart_delivery()
+            self._running_delivery().restart(new.dagster, new.token)
         self.scanner.request_full(None, "rescan after reload")
 
     def status_line(self) -> str:
@@ -342,6 +332,11 @@ class Agent:
 
     def _send_status(self) -> None:
         systemd.status(self.status_line())
+
+    def _running_delivery(self) -> DeliveryThread:
+        if self.delivery is None:
+            raise RuntimeError("the agent has not started")
+        return self.delivery
 
     def _running_watches(self) -> Watches:
         if self.watches is None:

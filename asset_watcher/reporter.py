@@ -10,7 +10,7 @@ What a misbehaving server or link can do to a request is bounded (SPEC section 5
 
 * time: `timeout_seconds` bounds the whole request, from connect to the last byte of the
   answer. urllib3's timeout applies to each socket read, so a server dripping one byte a
-  second would hold a sender for ever; a watchdog thread (`_Watchdog`) shuts down the
+  second would hold a sender for ever; a thread (`deadlines.DeadlineWatch`) shuts down the
   connection of a request still running at its deadline, which ends whatever read or
   TLS handshake it is blocked in, and the request counts as a timeout.
 * size: an answer's body is read up to MAX_ANSWER_BYTES; a longer (or endless) one is
@@ -31,7 +31,6 @@ import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,7 @@ import urllib3.exceptions
 from urllib3.util.wait import wait_for_read
 
 from asset_watcher.config import DagsterSettings, SecretStr
+from asset_watcher.deadlines import Deadline, DeadlineWatch
 from asset_watcher.model import EventKind
 from asset_watcher.retry import (
     Verdict,
@@ -82,97 +82,6 @@ class AnswerTooLarge(Exception):
 # -- the total deadline of a request ---------------------------------------------------
 
 
-class _Deadline:
-    """One request's deadline, and the connection it runs on once it has one."""
-
-    __slots__ = ("at", "connection", "done", "expired")
-
-    def __init__(self, at: float) -> None:
-        self.at = at
-        self.connection: _Connection | None = None
-        self.done = False
-        self.expired = False
-
-
-class _Watchdog:
-    """Shuts down the connection of every request still running at its deadline.
-
-    All requests of a reporter share one timeout, so deadlines arrive in the order the
-    requests start and a FIFO is all the priority queue needed: the thread sleeps until
-    the oldest unfinished deadline. A request costs an append and two short lock holds;
-    a finished one is only flagged, and dropped when the thread gets to it.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._queue: deque[_Deadline] = deque()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-
-    def begin(self, seconds: float) -> _Deadline:
-        deadline = _Deadline(time.monotonic() + seconds)
-        with self._cond:
-            if self._closed:
-                deadline.expired = True  # a closed reporter sends nothing
-                return deadline
-            self._queue.append(deadline)
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run, name="http-deadlines", daemon=True
-                )
-                self._thread.start()
-            elif len(self._queue) == 1:
-                self._cond.notify()  # it waits without a timeout while the queue is empty
-        return deadline
-
-    def attach(self, deadline: _Deadline, connection: _Connection) -> None:
-        """`deadline`'s request runs on `connection` now (a new one, or from the pool)."""
-        with self._cond:
-            deadline.connection = connection
-            connection.owner = deadline
-            if deadline.expired:
-                connection.kill()
-
-    def end(self, deadline: _Deadline) -> None:
-        with self._cond:  # from here on, expiry never touches its connection
-            deadline.done = True
-
-    def close(self) -> None:
-        """Stop the thread; requests still running are cut off now (they are abandoned)."""
-        with self._cond:
-            self._closed = True
-            while self._queue:
-                self._expire(self._queue.popleft())
-            thread, self._thread = self._thread, None
-            self._cond.notify()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._closed:
-                while self._queue and self._queue[0].done:
-                    self._queue.popleft()
-                if not self._queue:
-                    self._cond.wait()
-                    continue
-                remaining = self._queue[0].at - time.monotonic()
-                if remaining > 0:
-                    self._cond.wait(remaining)
-                else:
-                    self._expire(self._queue.popleft())
-
-    @staticmethod
-    def _expire(deadline: _Deadline) -> None:
-        # caller holds the lock
-        if deadline.done:
-            return
-        deadline.expired = True
-        connection = deadline.connection
-        if connection is not None and connection.owner is deadline:
-            connection.kill()
-
-
 # The request each sender thread is running, for the connection to attach to.
 _current = threading.local()
 # Serialises shutting a connection down (the watchdog) against closing it (its sender),
@@ -189,7 +98,7 @@ class _Connection(urllib3.connection.HTTPConnection):
     original (urllib3 sets `sock` only once the handshake is done).
     """
 
-    owner: _Deadline | None = None
+    owner: Deadline | None = None
     _switch: socket.socket | None = None
 
     def kill(self) -> None:
@@ -340,7 +249,7 @@ class Reporter:
         self._manager, self._setup_error = _pool_manager(settings)
         self._proxied = isinstance(self._manager, urllib3.ProxyManager)
         self._targets: dict[EventKind, tuple[Callable[..., urllib3.BaseHTTPResponse], str]] = {}
-        self._watchdog = _Watchdog()
+        self._watchdog = DeadlineWatch()
 
     def url(self, kind: EventKind) -> str:
         return endpoint_url(self.settings.url, kind)
@@ -415,7 +324,7 @@ class Reporter:
             self._targets[kind] = found
         return found
 
-    def _failure(self, exc: Exception, deadline: _Deadline) -> Answer | None:
+    def _failure(self, exc: Exception, deadline: Deadline) -> Answer | None:
         """The answer for a request that raised; None if `exc` is not about the network."""
         if deadline.expired or _is_timeout(exc):
             return self._timed_out()

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from asset_watcher.config import Config, WatchRule, glob_to_regex, ignore_regex
+from asset_watcher.config import Config, WatchRule
+from asset_watcher.globs import glob_to_regex, ignore_regex
 from asset_watcher.model import EventKind, FileMatch
 from asset_watcher.paths import display_path, relative_to
 

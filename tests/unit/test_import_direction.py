@@ -9,10 +9,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
-    "errors", "model", "paths", "logs", "systemd", "signals", "retry", "config", "metrics",
-    "rules", "fingerprint", "checks", "reports", "state", "versions", "scan", "scanner",
-    "settle", "watchdog_hooks", "observe", "reporter", "delivery", "pipeline", "dagster",
-    "watches", "agent", "demo", "cli", "__main__",
+    "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "config",
+    "metrics", "rules", "fingerprint", "checks", "reports", "state", "versions", "scan",
+    "scanner", "settle", "watchdog_hooks", "observe", "deadlines", "reporter", "delivery",
+    "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {

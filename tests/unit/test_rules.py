@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from asset_watcher.config import load_config
+from asset_watcher.globs import glob_to_regex
 from asset_watcher.model import FileMatch
-from asset_watcher.rules import Rule, compile_rules, explain, glob_to_regex, owner
+from asset_watcher.rules import Rule, compile_rules, explain, owner
 
 
 @pytest.mark.parametrize(

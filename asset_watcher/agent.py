@@ -23,10 +23,11 @@ from asset_watcher import metrics, systemd
 from asset_watcher.config import Config, DagsterSettings, SecretStr, load_config
 from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
+from asset_watcher.heartbeat import HeartbeatSchedule, heartbeat_key, queue_heartbeat
 from asset_watcher.logs import add_secret
 from asset_watcher.pipeline import Pipeline
 from asset_watcher.reporter import Reporter
-from asset_watcher.rules import Rule, compile_rules
+from asset_watcher.rules import Rule, compile_rules, short_host_name
 from asset_watcher.scanner import Scanner
 from asset_watcher.signals import HangupCounter, SignalFlags, handle_signals
 from asset_watcher.state import StateStore
@@ -139,6 +140,9 @@ class Agent:
         self.watches: Watches | None = None  # made with the scanner, in _start
         self.rules: list[Rule] = []
         self.exit_status = EXIT_OK
+        self.host = short_host_name()  # what compile_rules renders {host} with
+        self.heartbeat = HeartbeatSchedule(config.heartbeat.every_seconds)
+        self._started = time.monotonic()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -183,6 +187,37 @@ class Agent:
         )
         self.scanner.request_full(None, "catch-up scan")
         self._send_status()
+        self._log_heartbeat()  # the first one goes out from the main loop, at once
+
+    # -- heartbeat ---------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        """Queue this moment's heartbeat in place of one still pending, and wake delivery."""
+        self.heartbeat.sent()  # a failed attempt, too, waits an interval before the next
+        try:
+            _, replaced = queue_heartbeat(
+                self.store,
+                self.config.heartbeat,
+                host=self.host,
+                rules=[rule.name for rule in self.rules],
+                uptime_seconds=time.monotonic() - self._started,
+            )
+        except AssetWatcherError as exc:  # a full disk: file reports matter more
+            log.error("heartbeat not queued: %s", exc)
+            return
+        if replaced:
+            log.debug("heartbeat queued in place of %d still undelivered", replaced)
+        self._queued()
+
+    def _log_heartbeat(self) -> None:
+        settings = self.config.heartbeat
+        if settings.enabled:
+            log.info(
+                "heartbeat: an %s of %s every %gs",
+                settings.event,
+                "/".join(heartbeat_key(settings, self.host)),
+                settings.every_seconds,
+            )
 
     def _queued(self) -> None:
         if self.delivery is not None:
@@ -220,6 +255,8 @@ class Agent:
             watches.handle_controls()
             if self._hangups.take():  # however many SIGHUPs came, one reload
                 self._reload()
+            if self.heartbeat.due():
+                self._heartbeat()
             if now >= next_supervise:
                 watches.supervise()
                 next_supervise = now + SUPERVISE_SECONDS
@@ -315,6 +352,11 @@ class Agent:
         new_token = new.token.get_secret_value() if new.token else None
         if new.dagster != old.dagster or new_token != old_token:
             self._running_delivery().restart(new.dagster, new.token)
+        if new.heartbeat != old.heartbeat:
+            self.heartbeat.set_interval(new.heartbeat.every_seconds)
+            if not new.heartbeat.enabled:
+                log.info("heartbeat: off")
+            self._log_heartbeat()
         self.scanner.request_full(None, "rescan after reload")
 
     def status_line(self) -> str:

@@ -125,6 +125,46 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+# The heartbeat's asset key template knows only the host: it is one asset per agent.
+HEARTBEAT_FIELDS = frozenset({"host"})
+DEFAULT_HEARTBEAT_KEY = "asset_watcher/agents/{host}"
+# A heartbeat more often than this costs Dagster more than it tells anyone.
+HEARTBEAT_MIN_SECONDS = 1.0
+
+
+class HeartbeatSettings(_Strict):
+    """The agent's heartbeat (SPEC 16): an observation of its own asset every
+    `every_seconds` (0, the default, is off)."""
+
+    every_seconds: float = 0.0
+    asset_key: str = DEFAULT_HEARTBEAT_KEY
+    # Dagster 1.13's freshness policies judge materializations only (see README "Fleet").
+    event: Literal["observation", "materialization"] = "observation"
+
+    @field_validator("every_seconds")
+    @classmethod
+    def _off_or_positive(cls, seconds: float) -> float:
+        if seconds != 0 and seconds < HEARTBEAT_MIN_SECONDS:
+            raise ValueError(
+                f"must be 0 (off) or at least {HEARTBEAT_MIN_SECONDS:g} seconds, got {seconds:g}"
+            )
+        return seconds
+
+    @field_validator("asset_key")
+    @classmethod
+    def _only_host(cls, template: str) -> str:
+        for name in template_fields(template):
+            if name not in HEARTBEAT_FIELDS:
+                raise ValueError(f"unknown template field {{{name}}}; known: host")
+        if not any(part.strip() for part in template.split("/")):
+            raise ValueError("asset key template is empty")
+        return template
+
+    @property
+    def enabled(self) -> bool:
+        return self.every_seconds > 0
+
+
 Severity = Literal["WARN", "ERROR"]
 
 
@@ -336,6 +376,7 @@ class Config(BaseSettings):
     defaults: RuleDefaults = Field(default_factory=lambda: RuleDefaults())
     watch: list[WatchRule] = Field(default_factory=list)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    heartbeat: HeartbeatSettings = Field(default_factory=lambda: HeartbeatSettings())
 
     # Resolved after validation; never part of the file.
     source: str = Field("", exclude=True)

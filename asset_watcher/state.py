@@ -528,6 +528,25 @@ class StateStore:
             ],
         )
 
+    def queue_reports(self, reports: Iterable[Report]) -> None:
+        """Queue reports that belong to no file version; the caller wakes the deliverer."""
+        with self.transaction() as db:
+            self._enqueue(db, reports, time.time())
+
+    def queue_replacing(self, report: Report) -> int:
+        """Queue `report` in place of those of its kind and order key still in the outbox;
+        returns how many it replaced. For reports of which only the newest matters (the
+        heartbeat): an outage leaves one waiting, not one per interval. A replaced report
+        that is in flight may still arrive; its answer then finds no row to change, and the
+        deliverer's per-key order holds the new one back until that answer came."""
+        with self.transaction() as db:
+            replaced = db.execute(
+                "DELETE FROM outbox WHERE kind = ? AND order_key = ?",
+                (report.kind.value, report.order_key),
+            ).rowcount
+            self._enqueue(db, [report], time.time())
+        return int(replaced)
+
     @_locked
     def due(self, now: float, limit: int, busy_keys: Iterable[str] = ()) -> list[OutboxItem]:
         """The oldest report of each order key, if it is due and its key is not in flight."""

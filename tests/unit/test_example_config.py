@@ -12,6 +12,7 @@ from asset_watcher.config import (
     CsvHeaderCheck,
     DagsterSettings,
     GzipCheck,
+    HeartbeatSettings,
     JsonCheck,
     MetricsSettings,
     NameRegexCheck,
@@ -47,7 +48,7 @@ def documented_keys() -> set[str]:
 @pytest.mark.parametrize(
     "model",
     [DagsterSettings, StateSettings, RuleDefaults, WatchRule, MetricsSettings, SizeCheck,
-     NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck],
+     NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck, HeartbeatSettings],
 )  # fmt: skip
 def test_every_key_is_documented(model: type) -> None:
     missing = set(model.model_fields) - documented_keys()  # type: ignore[attr-defined]
@@ -60,6 +61,7 @@ def test_documented_defaults_are_the_real_ones() -> None:
     dagster = DagsterSettings().model_dump()
     dagster.pop("token_file")
     assert data["dagster"] == dagster
+    assert data["heartbeat"] == HeartbeatSettings().model_dump()
 
 
 def test_example_loads_once_its_folder_exists(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
     "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "config",
-    "metrics", "rules", "fingerprint", "checks", "reports", "state", "versions", "scan",
-    "scanner", "settle", "watchdog_hooks", "observe", "deadlines", "reporter", "delivery",
+    "metrics", "rules", "fingerprint", "checks", "reports", "state", "heartbeat", "versions",
+    "scan", "scanner", "settle", "watchdog_hooks", "observe", "deadlines", "reporter", "delivery",
     "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 

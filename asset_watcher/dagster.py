@@ -18,12 +18,21 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import dagster as dg
 
-from asset_watcher.config import CheckSettings, Config, load_config, template_fields
+from asset_watcher.config import (
+    CheckSettings,
+    Config,
+    HeartbeatSettings,
+    load_config,
+    template_fields,
+)
+from asset_watcher.heartbeat import heartbeat_key
 from asset_watcher.model import FileMatch
 from asset_watcher.reports import file_uri
 from asset_watcher.rules import Rule, compile_rules, short_host_name
@@ -37,6 +46,12 @@ NOT_RUNNABLE = (
     "This check is evaluated by asset-watcher on the data host when a file arrives and "
     "reported through Dagster's REST API; it cannot run inside Dagster."
 )
+# The interval a declared heartbeat is judged by when the configuration has it off.
+DEFAULT_HEARTBEAT_SECONDS = 300.0
+# A heartbeat is late after this many intervals (one lost or slow one is no alarm).
+HEARTBEAT_LAG_INTERVALS = 3
+# Dagster refuses freshness windows shorter than a minute.
+MIN_FRESHNESS_SECONDS = 60.0
 
 
 @dataclass
@@ -53,19 +68,36 @@ def build_definitions(
     *,
     host: str | None = None,
     group_name: str = DEFAULT_GROUP,
+    heartbeat: bool | None = None,
+    heartbeat_hosts: Sequence[str] | None = None,
 ) -> dg.Definitions:
     """Definitions for the assets and checks the agent with this configuration reports.
 
     The configuration is read as the agent reads it (`--config` default and environment
     overrides included), except that the watched folders need not exist here. `host` is
     the data host's short name for keys that use `{host}`; default: this host's.
+
+    `heartbeat` declares the agent's heartbeat asset (default: when the configuration
+    turns the heartbeat on), one per name in `heartbeat_hosts` (default: `host`), with a
+    freshness policy where Dagster can judge it (see `heartbeat_freshness_policy`).
     """
     config = load_config(config_path, check_directories=False)
-    return definitions_for(config, host=host, group_name=group_name)
+    return definitions_for(
+        config,
+        host=host,
+        group_name=group_name,
+        heartbeat=heartbeat,
+        heartbeat_hosts=heartbeat_hosts,
+    )
 
 
 def definitions_for(
-    config: Config, *, host: str | None = None, group_name: str = DEFAULT_GROUP
+    config: Config,
+    *,
+    host: str | None = None,
+    group_name: str = DEFAULT_GROUP,
+    heartbeat: bool | None = None,
+    heartbeat_hosts: Sequence[str] | None = None,
 ) -> dg.Definitions:
     """`build_definitions` for an already loaded configuration."""
     host = host or short_host_name()
@@ -90,6 +122,16 @@ def definitions_for(
         for check in rule.settings.checks:
             asset.checks.setdefault(check.check_name, check)
     specs = [_asset_spec(asset, host, group_name) for asset in assets.values()]
+    if config.heartbeat.enabled if heartbeat is None else heartbeat:
+        for name in heartbeat_hosts or [host]:
+            spec = heartbeat_spec(config.heartbeat, name, group_name)
+            if tuple(spec.key.path) in assets:
+                log.warning(
+                    "heartbeat asset %s is also a rule's asset; declared as the rule's",
+                    spec.key.to_user_string(),
+                )
+                continue
+            specs.append(spec)
     checks = [
         _checks_definition(asset, index)
         for index, asset in enumerate(assets.values(), start=1)
@@ -158,6 +200,48 @@ def _asset_spec(asset: _Asset, host: str, group_name: str) -> dg.AssetSpec:
         group_name=group_name,
         kinds=_kinds(rule),
         metadata=metadata,
+    )
+
+
+def heartbeat_freshness_policy(settings: HeartbeatSettings) -> Any | None:
+    """A time-window freshness policy failing after a few missed heartbeats, or None.
+
+    None where Dagster has no `FreshnessPolicy.time_window` (before 1.11), and for
+    observations: Dagster's freshness (1.11 to 1.13 at least) looks only at an asset's
+    latest materialization, so an observed heartbeat would stay UNKNOWN forever. With
+    `heartbeat.event = "materialization"` the policy fails once the agent went quiet.
+    """
+    if settings.event != "materialization":
+        return None
+    window = getattr(getattr(dg, "FreshnessPolicy", None), "time_window", None)
+    if window is None:
+        return None
+    every = settings.every_seconds or DEFAULT_HEARTBEAT_SECONDS
+    seconds = max(MIN_FRESHNESS_SECONDS, HEARTBEAT_LAG_INTERVALS * every)
+    return window(fail_window=timedelta(seconds=seconds))
+
+
+def heartbeat_spec(settings: HeartbeatSettings, host: str, group_name: str) -> dg.AssetSpec:
+    """The heartbeat asset of the agent on `host`."""
+    every = settings.every_seconds or DEFAULT_HEARTBEAT_SECONDS
+    policy = heartbeat_freshness_policy(settings)
+    seen = "Last observed" if settings.event == "observation" else "Last materialized"
+    extra: dict[str, Any] = {"freshness_policy": policy} if policy is not None else {}
+    return dg.AssetSpec(
+        key=dg.AssetKey(list(heartbeat_key(settings, host))),
+        description=(
+            f"Heartbeat of asset-watcher on {host}: an {settings.event} every {every:g}s "
+            f"with its version, rules and outbox counts. {seen} is when the agent was last "
+            "heard from."
+        ),
+        group_name=group_name,
+        metadata={
+            "host": host,
+            "heartbeat_every_seconds": every,
+            "event": settings.event,
+            "asset_key_template": settings.asset_key,
+        },
+        **extra,
     )
 
 

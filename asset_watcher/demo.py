@@ -106,6 +106,11 @@ directory = {_toml_string(str(layout.state))}
 [defaults]
 settle_seconds = 1.0
 
+# The agent's own heartbeat: asset_watcher/agents/<this host> is observed every 30 s with
+# its version, rules and outbox counts (README "Fleet").
+[heartbeat]
+every_seconds = 30
+
 # CSV files: each one is a new materialization of demo/csv_files, with its row count.
 [[watch]]
 name = "demo-csv"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from asset_watcher.rules import short_host_name
 from tests.conftest import REPO_ROOT, CliRun
 from tests.support.dagster_server import DagsterServer, free_port
 from tests.support.waiting import poll_value
@@ -113,8 +114,13 @@ def check_the_demo(
         ("demo", "csv_files"): ["plain_name", "row_count", "size"],
         ("demo", "json_files"): ["json"],
         ("demo", "other_files"): ["size"],
+        ("asset_watcher", "agents", short_host_name()): [],  # the heartbeat, on in the demo
     }
     assert not any(node["isExecutable"] for node in nodes)
+    (beat, *_) = server.wait_for_observations(
+        ["asset_watcher", "agents", short_host_name()], timeout=REPORT_TIMEOUT_SECONDS
+    )
+    assert beat.metadata["rules"] == ["demo-csv", "demo-json", "demo-other"]
 
     (tmp_path / "drop" / "hello.csv").write_bytes(b"id,name\n1,a\n2,b\n")
     (tmp_path / "drop" / "broken.json").write_bytes(b'{"a": ')

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from asset_watcher import __version__
-from asset_watcher.config import Config
+from asset_watcher.config import Config, load_config
 from asset_watcher.rules import short_host_name
 from asset_watcher.state import StateStore
 from tests.support.agent_run import OBSERVATION, InProcessAgent
@@ -105,3 +105,29 @@ def test_heartbeats_do_not_pile_up_while_dagster_fails(tmp_path: Path, sink: Sin
         poll_until(lambda: pending_in(state) == 0, timeout=30, what="outbox drained")
     finally:
         assert agent.finish() == 0
+
+
+def test_a_reload_changes_the_interval(tmp_path: Path, sink: Sink) -> None:
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    path = tmp_path / "config.toml"
+
+    def write_config(every_seconds: float) -> None:
+        path.write_text(
+            f'[dagster]\nurl = "{sink.url}"\n[state]\ndirectory = "{tmp_path / "state"}"\n'
+            f'[[watch]]\npath = "{drop}"\nasset_key = "files"\n'
+            f'[heartbeat]\nevery_seconds = {every_seconds}\nasset_key = "fleet/{{host}}"\n',
+            encoding="utf-8",
+        )
+
+    write_config(3600)
+    agent = InProcessAgent(load_config(path)).start()
+    try:
+        sink.wait_for(lambda requests: len(heartbeats(requests)) == 1, timeout=30)  # at start
+        write_config(1)
+        agent.signals.hangups += 1  # what the SIGHUP handler does
+        # Within the old hour's interval only the new one can bring more heartbeats.
+        beats = sink.wait_for(lambda requests: len(heartbeats(requests)) >= 3, timeout=30)
+    finally:
+        assert agent.finish() == 0
+    assert heartbeats(beats)[-1].json["metadata"]["heartbeat_every_seconds"] == 1

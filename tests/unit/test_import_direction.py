@@ -9,8 +9,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
-    "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "config",
-    "metrics", "rules", "fingerprint", "checks", "reports", "state", "versions", "scan",
+    "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "expect", "config",
+    "metrics", "rules", "fingerprint", "checks", "reports", "state", "arrivals", "versions", "scan",
     "scanner", "settle", "watchdog_hooks", "observe", "deadlines", "reporter", "delivery",
     "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
@@ -24,6 +24,7 @@ THIRD_PARTY_HOMES = {
     "pydantic_settings": ("config",),
     "dagster": ("dagster",),
     "prometheus_client": ("metrics",),
+    "croniter": ("expect",),
 }
 
 

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -185,7 +185,7 @@ class Window:
     arrived_at: float | None = None  # a missed window's late file, if one came
 
 
-# Judged windows kept this long: a window is judged at most 7 days after its deadline.
+# Judged windows kept this long before the newest: windows are judged up to 7 days late.
 WINDOWS_KEPT_SECONDS = 14 * 86400
 
 
@@ -587,7 +587,7 @@ class StateStore:
         )
         return {due: Window(rule, due, outcome, at) for due, outcome, at in rows}
 
-    def queue_window_reports(self, judged: Iterable[tuple[Window, Report]]) -> int:
+    def queue_window_reports(self, judged: Sequence[tuple[Window, Report]]) -> int:
         """Judge windows and queue each one's evaluation (reports that are no file's
         version), in one transaction; a window judged already keeps its outcome and its
         report is not queued. Returns how many were queued."""
@@ -598,8 +598,11 @@ class StateStore:
                 if self._judge(db, [window], now):
                     queued.append(report)
             self._enqueue(db, queued, now)
-            db.execute(
-                "DELETE FROM expected_windows WHERE due_at < ?", (now - WINDOWS_KEPT_SECONDS,)
+            # Pruned against the newest judged window, not the clock: the windows' own times.
+            db.executemany(
+                "DELETE FROM expected_windows WHERE rule = ? AND due_at < "
+                "(SELECT MAX(due_at) FROM expected_windows WHERE rule = ?) - ?",
+                [(rule, rule, WINDOWS_KEPT_SECONDS) for rule in {w.rule for w, _ in judged}],
             )
         return len(queued)
 

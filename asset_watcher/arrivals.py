@@ -298,3 +298,44 @@ class WindowTimer:
             next_at = min(next_at, schedule.deadline(upcoming))
         self._next_at = next_at
         return queued
+
+
+# -- what `status` and `explain` show -------------------------------------------------------
+
+OVERVIEW_LISTED = 20  # missed windows listed per rule
+
+
+@dataclass(frozen=True)
+class WindowsOverview:
+    """A rule's expectation as `status` shows it, times in the expectation's zone."""
+
+    rule: str
+    next_due: str
+    next_partition: str | None
+    overdue: tuple[str, ...]  # due, window still open, no file for it yet
+    missed: tuple[str, ...]  # closed without a file (and none came late), latest first
+
+
+def overview(
+    expectation: Expectation, store: StateStore, now: float, since: float | None
+) -> WindowsOverview:
+    schedule = expectation.schedule
+    grace = schedule.grace_seconds
+    judged = store.windows(expectation.rule, now - CATCH_UP_SECONDS - grace, now + grace)
+    upcoming = schedule.next_due(now)
+    overdue = [
+        expectation.iso(due)
+        for due in schedule.due_between(now - grace - 1e-3, now)
+        if due not in judged and (since is None or due >= since)
+    ]
+    missed = sorted(
+        (w.due_at for w in judged.values() if w.outcome == MISSED and w.arrived_at is None),
+        reverse=True,
+    )
+    return WindowsOverview(
+        expectation.rule,
+        expectation.iso(upcoming),
+        expectation.partition_of(upcoming),
+        tuple(overdue),
+        tuple(expectation.iso(due) for due in missed[:OVERVIEW_LISTED]),
+    )

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import itertools
+import json
+import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
+from asset_watcher.arrivals import MISSED, expectations, missed_report
 from asset_watcher.config import load_config
 from asset_watcher.errors import ConfigError
 from asset_watcher.expect import Schedule, check_cron, zone
+from asset_watcher.rules import compile_rules
+from asset_watcher.state import StateStore, Window
+from tests.conftest import CliRun
 
 BERLIN = zone("Europe/Berlin")
 
@@ -162,3 +168,67 @@ def test_the_default_zone_is_the_hosts(
         "arrived_on_time",
         "ERROR",
     )
+
+
+def test_check_config_rejects_a_bad_cron_and_zone_naming_the_keys(
+    cli: CliRun, drop: Path, config_file: Callable[[str], Path]
+) -> None:
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{drop}"
+        asset_key = "partner/orders"
+        [watch.expect]
+        cron = "0 6 * *"
+        timezone = "Europe/Nowhere"
+        """
+    )
+    result = cli("check-config", "-c", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert "asset-watcher: watch[1].expect.cron: expected five fields" in result.stderr
+    assert "asset-watcher: watch[1].expect.timezone: unknown IANA" in result.stderr
+    assert len(lines) == 2
+
+
+def test_explain_and_status_show_the_next_due_time_and_missed_windows(
+    cli: CliRun, tmp_path: Path, drop: Path, config_file: Callable[[str], Path]
+) -> None:
+    state = tmp_path / "state"
+    path = config_file(
+        f"""
+        [state]
+        directory = "{state}"
+        [[watch]]
+        name = "orders"
+        path = "{drop}"
+        asset_key = "partner/orders"
+        regex = 'orders_(?P<day>\\d{{8}})'
+        partition = "{{day}}"
+        [watch.expect]
+        cron = "0 6 * * *"
+        timezone = "UTC"
+        partition = "{{due:%Y%m%d}}"
+        """
+    )
+    now = time.time()
+    expectation = expectations(compile_rules(load_config(path)))["orders"]
+    upcoming = expectation.schedule.next_due(now)
+    explained = cli("explain", "-c", str(path), str(drop / "orders_20250101.csv"))
+    assert explained.returncode == 0, explained.stderr
+    assert f"  next due: {expectation.iso(upcoming)}\n" in explained.stdout
+    assert f"  next due partition: {expectation.partition_of(upcoming)}\n" in explained.stdout
+    # An agent watched it from two days ago and judged yesterday's window missed.
+    yesterday = expectation.schedule.previous_due(now - 86400 + 1) or 0
+    with StateStore(state) as store:
+        store.expectation_since("orders", now - 2 * 86400)
+        store.queue_window_reports(
+            [(Window("orders", yesterday, MISSED), missed_report(expectation, yesterday))]
+        )
+    status = cli("status", "-c", str(path), "--json")
+    assert status.returncode == 0, status.stderr
+    (shown,) = json.loads(status.stdout)["expected_arrivals"]
+    assert shown["next_due"] == expectation.iso(upcoming)
+    assert shown["missed"] == [expectation.iso(yesterday)]
+    text = cli("status", "-c", str(path)).stdout
+    assert f"  missed: due {expectation.iso(yesterday)}, no file came\n" in text

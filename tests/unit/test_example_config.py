@@ -11,6 +11,7 @@ import pytest
 from asset_watcher.config import (
     CsvHeaderCheck,
     DagsterSettings,
+    ExpectSettings,
     GzipCheck,
     JsonCheck,
     MetricsSettings,
@@ -47,7 +48,7 @@ def documented_keys() -> set[str]:
 @pytest.mark.parametrize(
     "model",
     [DagsterSettings, StateSettings, RuleDefaults, WatchRule, MetricsSettings, SizeCheck,
-     NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck],
+     NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck, ExpectSettings],
 )  # fmt: skip
 def test_every_key_is_documented(model: type) -> None:
     missing = set(model.model_fields) - documented_keys()  # type: ignore[attr-defined]

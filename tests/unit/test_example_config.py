@@ -39,7 +39,7 @@ def documented_keys() -> set[str]:
         found = re.match(r"\s*#?\s*([a-z_]+)\s*=", line)
         if found:
             keys.add(found.group(1))
-        table = re.match(r"\s*\[\[?[a-z_]+\.([a-z_]+)\]\]?", line)
+        table = re.match(r"\s*#?\s*\[\[?[a-z_]+\.([a-z_]+)\]\]?", line)
         if table:
             keys.add(table.group(1))
     return keys

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 
 from asset_watcher import metrics, systemd
+from asset_watcher.arrivals import WindowTimer
 from asset_watcher.config import Config, DagsterSettings, SecretStr, load_config
 from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
@@ -167,6 +168,10 @@ class Agent:
                 self.config.source,
             )
         self.delivery = DeliveryThread(self.store, self.config.dagster, self.config.token)
+        # [watch.expect]: windows that closed while the agent was stopped are judged now,
+        # before any file is recorded, so a file of this start cannot judge them first.
+        self.windows = WindowTimer(self.store, self.rules)
+        self._judge_windows()
         self.pipeline = Pipeline(self.rules, self.store, on_queued=self._queued)
         self.scanner = Scanner(
             self.rules, self.store, self.pipeline.submit, backlog=self.pipeline.backlog
@@ -219,6 +224,10 @@ class Agent:
                 settings.every_seconds,
             )
 
+    def _judge_windows(self) -> None:
+        if self.windows.tick() and self.delivery is not None:
+            self.delivery.wake()
+
     def _queued(self) -> None:
         if self.delivery is not None:
             self.delivery.wake()
@@ -257,6 +266,7 @@ class Agent:
                 self._reload()
             if self.heartbeat.due():
                 self._heartbeat()
+            self._judge_windows()  # cheap until the next window's deadline
             if now >= next_supervise:
                 watches.supervise()
                 next_supervise = now + SUPERVISE_SECONDS
@@ -347,6 +357,7 @@ class Agent:
         self.rules = rules
         self.pipeline.set_rules(rules)
         self.scanner.set_rules(rules)
+        self.windows.set_rules(rules)
         self._running_watches().set_rules(rules, initial=False)
         old_token = old.token.get_secret_value() if old.token else None
         new_token = new.token.get_secret_value() if new.token else None

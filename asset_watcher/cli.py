@@ -346,7 +346,26 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  ready marker: {display_path(marker)}")
         for check in rule.settings.checks:
             print(f"  check: {check.check_name} ({check.type}, {check.severity})")
+        _explain_expectation(rule)
     return EXIT_OK
+
+
+def _explain_expectation(rule: Any) -> None:
+    from asset_watcher.arrivals import expectation_of
+
+    expectation = expectation_of(rule)
+    if expectation is None:
+        return
+    expect = rule.settings.expect
+    due = expectation.schedule.next_due(time.time())
+    print(
+        f"  expected: {expect.cron} ({expect.timezone}), window {expect.grace_minutes:g} min,"
+        f" check {expectation.check_name} ({expectation.severity})"
+    )
+    print(f"  next due: {expectation.iso(due)}")
+    partition = expectation.partition_of(due)
+    if partition is not None:
+        print(f"  next due partition: {partition}")
 
 
 # -- outbox -------------------------------------------------------------------------------
@@ -367,10 +386,17 @@ STATUS_DEAD_LISTED = 20  # dead letters shown by `status`
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from asset_watcher.arrivals import expectations, overview
+    from asset_watcher.rules import compile_rules
     from asset_watcher.state import order_key_parts
 
     config = _load(args)
     with _open_existing_store(config, read_only=True) as store:
+        now = time.time()
+        expected = [
+            overview(expectation, store, now, store.expectation_started(name))
+            for name, expectation in expectations(compile_rules(config)).items()
+        ]
         counts = store.counts()
         last_error = store.meta("last_error")
         last_error_at = store.meta("last_error_at")
@@ -419,12 +445,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         "last_error_at": float(last_error_at) if last_error_at else None,
         "dead_letters": dead_letters,
         "set_aside_reports": set_aside,
+        "expected_arrivals": [
+            {
+                "rule": o.rule,
+                "next_due": o.next_due,
+                "next_partition": o.next_partition,
+                "overdue": list(o.overdue),
+                "missed": list(o.missed),
+            }
+            for o in expected
+        ],
     }
     if args.json:
         print(json.dumps(data, ensure_ascii=False))
         return EXIT_OK
     for name, value in data.items():
-        if name in ("dead_letters", "set_aside_reports"):
+        if name in ("dead_letters", "set_aside_reports", "expected_arrivals"):
             continue
         if name.endswith("_at") and isinstance(value, float):
             value = f"{_iso_local(value)} ({time.time() - value:.0f}s ago)"
@@ -442,6 +478,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  set aside {what} of {'/'.join(entry['asset_key'])}{partition}: {entry['reason']}")
     if counts.set_aside > len(set_aside):
         print(f"  ... and {counts.set_aside - len(set_aside)} more set aside before those")
+    for o in expected:
+        partition = f" [{o.next_partition}]" if o.next_partition else ""
+        print(f"expected {o.rule}: next due {o.next_due}{partition}")
+        for due in o.overdue:
+            print(f"  overdue: due {due}, no file yet (window still open)")
+        for due in o.missed:
+            print(f"  missed: due {due}, no file came")
     return EXIT_OK
 
 

@@ -36,6 +36,7 @@ from pydantic_settings import (
 )
 
 from asset_watcher.errors import ConfigError
+from asset_watcher.expect import check_cron, check_partition, host_zone_name, zone
 from asset_watcher.globs import check_ranges, glob_to_regex, ignore_regex
 
 if sys.version_info >= (3, 11):
@@ -267,6 +268,37 @@ def _ignore_pattern(pattern: str) -> str:
 IgnorePattern = Annotated[str, AfterValidator(_ignore_pattern)]
 
 
+class ExpectSettings(_Strict):
+    """[watch.expect]: when the rule's files are due (SPEC 15); judged by `arrived_on_time`."""
+
+    cron: str
+    timezone: str = Field(default_factory=host_zone_name)
+    grace_minutes: float = Field(60.0, ge=0, le=7 * 24 * 60)
+    partition: str | None = None
+    check_name: str = Field("arrived_on_time", min_length=1)
+    severity: Severity = "ERROR"
+
+    @field_validator("cron")
+    @classmethod
+    def _cron_fires(cls, cron: str) -> str:
+        return check_cron(cron)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_known(cls, name: str) -> str:
+        zone(name)
+        return name
+
+    @field_validator("partition")
+    @classmethod
+    def _partition_renders(cls, template: str | None) -> str | None:
+        return None if template is None else check_partition(template)
+
+
+# Fields an expected rule's asset key may use: a missed file has no name to render.
+EXPECT_ASSET_FIELDS = frozenset({"rule", "host"})
+
+
 class RuleDefaults(_Strict):
     """Settings every [[watch]] inherits unless it sets its own."""
 
@@ -301,6 +333,32 @@ class WatchRule(RuleDefaults):
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
     ready_marker: str | None = None
     checks: list[CheckSettings] = Field(default_factory=list)
+    expect: ExpectSettings | None = None
+
+    @field_validator("expect")
+    @classmethod
+    def _expect_fits_rule(
+        cls, expect: ExpectSettings | None, info: ValidationInfo
+    ) -> ExpectSettings | None:
+        if expect is None:
+            return None
+        asset_key = info.data.get("asset_key")
+        if asset_key is not None:
+            fields = set(template_fields(asset_key)) - EXPECT_ASSET_FIELDS
+            if fields:
+                raise ValueError(
+                    "needs an asset key that names one asset (a missed file has no name to "
+                    f"render it from); asset_key uses {', '.join(sorted(fields))}"
+                )
+        if expect.partition is not None and info.data.get("partition", "") is None:
+            raise ValueError(
+                "partition needs the rule's own `partition` template: a file belongs "
+                "to the due time whose partition equals the file's"
+            )
+        checks = info.data.get("checks") or []
+        if any(check.check_name == expect.check_name for check in checks):
+            raise ValueError(f"check_name {expect.check_name!r} is also a [[watch.checks]] name")
+        return expect
 
     @field_validator("path")
     @classmethod

@@ -7,6 +7,14 @@ assets and their checks under exactly the keys the REST reports use. Dagster rec
 reports for undeclared keys too, but lists reported checks of an asset only when they
 are declared. This is the only module that imports dagster.
 
+[watch.expect]: the rule's `arrived_on_time` check (its `check_name`) is declared like
+the others, and, where the installed Dagster has cron freshness policies
+(`FreshnessPolicy.cron`, 1.12+), a matching one on the asset: due by the window's
+deadline, counting materializations since the previous due time. Dagster judges the asset
+as a whole (not one partner file per day), and only where freshness is enabled, so the
+check stays the answer per due time; a cron whose deadline cannot be written as a cron
+(a grace that moves it to another day) gets no policy.
+
 Partitions: a rule's `partition` template is not turned into a partitions definition.
 The REST reports record their partition either way, and an unpartitioned asset shows
 them (event list, latest check results); a DynamicPartitionsDefinition would show an
@@ -28,6 +36,7 @@ import dagster as dg
 from asset_watcher.config import (
     CheckSettings,
     Config,
+    ExpectSettings,
     HeartbeatSettings,
     load_config,
     template_fields,
@@ -61,6 +70,7 @@ class _Asset:
     key: tuple[str, ...]
     rule: Rule
     checks: dict[str, CheckSettings] = field(default_factory=dict)
+    expected: dict[str, ExpectSettings] = field(default_factory=dict)  # by check name
 
 
 def build_definitions(
@@ -121,6 +131,8 @@ def definitions_for(
             )
         for check in rule.settings.checks:
             asset.checks.setdefault(check.check_name, check)
+        if rule.settings.expect is not None:
+            asset.expected.setdefault(rule.settings.expect.check_name, rule.settings.expect)
     specs = [_asset_spec(asset, host, group_name) for asset in assets.values()]
     if config.heartbeat.enabled if heartbeat is None else heartbeat:
         for name in heartbeat_hosts or [host]:
@@ -135,7 +147,7 @@ def definitions_for(
     checks = [
         _checks_definition(asset, index)
         for index, asset in enumerate(assets.values(), start=1)
-        if asset.checks
+        if asset.checks or asset.expected
     ]
     return dg.Definitions(assets=specs, asset_checks=checks)
 
@@ -194,12 +206,20 @@ def _asset_spec(asset: _Asset, host: str, group_name: str) -> dg.AssetSpec:
     }
     if rule.settings.partition:
         metadata["partition_template"] = rule.settings.partition
+    extra: dict[str, Any] = {}
+    expect = next(iter(asset.expected.values()), None)
+    if expect is not None:
+        metadata["expected_cron"] = f"{expect.cron} ({expect.timezone})"
+        policy = _freshness_policy(expect)
+        if policy is not None:
+            extra["freshness_policy"] = policy
     return dg.AssetSpec(
         key=dg.AssetKey(list(asset.key)),
         description=_description(rule),
         group_name=group_name,
         kinds=_kinds(rule),
         metadata=metadata,
+        **extra,
     )
 
 
@@ -245,6 +265,53 @@ def heartbeat_spec(settings: HeartbeatSettings, host: str, group_name: str) -> d
     )
 
 
+def deadline_cron(cron: str, grace_minutes: float) -> str | None:
+    """The cron of the windows' deadlines (due + grace), where a cron can say it: a grace
+    of whole minutes that keeps fixed minute and hour fields on the same day (or, with
+    every hour, the minute within the hour). None otherwise."""
+    if grace_minutes != int(grace_minutes):
+        return None
+    grace = int(grace_minutes)
+    minute, hour, *days = cron.split()
+    if grace == 0:
+        return cron
+    if not minute.isdigit():
+        return None
+    if hour == "*":
+        shifted = int(minute) + grace
+        return " ".join([str(shifted), hour, *days]) if shifted < 60 else None
+    if not hour.isdigit():
+        return None
+    total = int(hour) * 60 + int(minute) + grace
+    if total >= 24 * 60:
+        return None
+    return " ".join([str(total % 60), str(total // 60), *days])
+
+
+def _freshness_policy(expect: ExpectSettings) -> Any:
+    """A cron freshness policy matching [watch.expect], where this Dagster has them."""
+    policy_type = getattr(dg, "FreshnessPolicy", None)
+    cron_policy = getattr(policy_type, "cron", None)
+    deadline = deadline_cron(expect.cron, expect.grace_minutes)
+    if cron_policy is None or deadline is None:
+        log.info("no cron freshness policy for %r (%s)", expect.cron, expect.timezone)
+        return None
+    from datetime import timedelta
+
+    # At most the smallest interval between deadlines (Dagster's rule); the window and
+    # the time since the previous due time are what the check counts, so try those.
+    for seconds in (86400.0, 3600.0, max(60.0, expect.grace_minutes * 60)):
+        try:
+            return cron_policy(
+                deadline_cron=deadline,
+                lower_bound_delta=timedelta(seconds=seconds),
+                timezone=expect.timezone,
+            )
+        except Exception:  # dagster's CheckError: too wide a bound for this cron
+            continue
+    return None
+
+
 def _check_parameters(check: CheckSettings) -> dict[str, Any]:
     return check.model_dump(exclude={"type", "name", "severity"}, exclude_none=True)
 
@@ -269,6 +336,17 @@ def _checks_definition(asset: _Asset, index: int) -> dg.AssetChecksDefinition:
     characters (which the agent reports fine) are not valid op input names.
     """
     specs = {f"check_{n}": _check_spec(asset.key, c) for n, c in enumerate(asset.checks.values())}
+    for n, (name, expect) in enumerate(asset.expected.items()):
+        specs[f"expected_{n}"] = dg.AssetCheckSpec(
+            name,
+            asset=dg.AssetKey(list(asset.key)),
+            description=(
+                f"A file arrived for each due time ({expect.cron}, {expect.timezone}) within "
+                f"{expect.grace_minutes:g} minutes; evaluated once per due time, "
+                f"severity {expect.severity} when missed."
+            ),
+            metadata={"type": "arrived_on_time", "cron": expect.cron, "timezone": expect.timezone},
+        )
 
     @dg.op(
         name=f"asset_watcher_checks_{index}",

@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -100,6 +100,24 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             reason TEXT NOT NULL
         )""",
     ),
+    3: (
+        # [watch.expect] (SPEC 15): since when each rule's expectation is watched (windows
+        # due before that are not judged), and each window judged, once: `on_time` when
+        # its file came before the deadline, `missed` when the deadline passed without
+        # it (`arrived_at` then is when a late file came, if one did).
+        """CREATE TABLE expectations (
+            rule TEXT PRIMARY KEY,
+            since REAL NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE expected_windows (
+            rule TEXT NOT NULL,
+            due_at INTEGER NOT NULL,
+            outcome TEXT NOT NULL,
+            arrived_at REAL,
+            evaluated_at REAL NOT NULL,
+            PRIMARY KEY (rule, due_at)
+        ) WITHOUT ROWID""",
+    ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
 # Set-aside reports kept for `status`; older ones are dropped.
@@ -155,6 +173,20 @@ def order_key_parts(order_key: str) -> tuple[tuple[str, ...], str | None]:
     """(asset key parts, partition or None) back from a stored order key."""
     key, _, partition = order_key.partition("\x1e")
     return tuple(key.split("\x1f")), partition or None
+
+
+@dataclass(frozen=True)
+class Window:
+    """One judged window of a rule's expectation (SPEC 15), as the state holds it."""
+
+    rule: str
+    due_at: int  # UTC epoch seconds
+    outcome: str  # "on_time" or "missed"
+    arrived_at: float | None = None  # a missed window's late file, if one came
+
+
+# Judged windows kept this long before the newest: windows are judged up to 7 days late.
+WINDOWS_KEPT_SECONDS = 14 * 86400
 
 
 @dataclass(frozen=True)
@@ -470,11 +502,20 @@ class StateStore:
         return [os.fsdecode(d + b"/" + n) for d, n in rows]
 
     def record_version(
-        self, path: str, rule: str, stat: FileStat, digest: str | None, reports: Iterable[Report]
+        self,
+        path: str,
+        rule: str,
+        stat: FileStat,
+        digest: str | None,
+        reports: Iterable[Report],
+        windows: Iterable[Window] = (),
     ) -> None:
-        """Store a file's new version and queue its reports, atomically."""
+        """Store a file's new version and queue its reports, atomically; `windows` are the
+        expectation windows the file settles (its `arrived_on_time` evaluation is among
+        the reports)."""
         now = time.time()
         with self.transaction() as db:
+            self._judge(db, windows, now)
             db.execute(
                 "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -515,6 +556,73 @@ class StateStore:
         with self.transaction() as db:
             db.execute("DELETE FROM files WHERE dir = ? AND name = ?", _split(path))
             self._enqueue(db, reports, time.time())
+
+    # -- expected arrivals (SPEC 15) ---------------------------------------------------
+
+    def expectation_since(self, rule: str, now: float) -> float:
+        """Since when `rule`'s expectation is watched: `now` the first time it is asked."""
+        with self.transaction() as db:
+            db.execute("INSERT OR IGNORE INTO expectations VALUES (?, ?)", (rule, now))
+            return float(
+                db.execute("SELECT since FROM expectations WHERE rule = ?", (rule,)).fetchone()[0]
+            )
+
+    @_locked
+    def expectation_started(self, rule: str) -> float | None:
+        """Since when `rule`'s expectation is watched by an agent; None if never yet."""
+        if self.schema_version < 3:
+            return None
+        row = self.db.execute("SELECT since FROM expectations WHERE rule = ?", (rule,)).fetchone()
+        return None if row is None else float(row[0])
+
+    @_locked
+    def windows(self, rule: str, first_due: float, last_due: float) -> dict[int, Window]:
+        """The judged windows of `rule` due in [first_due, last_due], by due time."""
+        if self.schema_version < 3:  # a reader of a database not migrated yet
+            return {}
+        rows = self.db.execute(
+            "SELECT due_at, outcome, arrived_at FROM expected_windows"
+            " WHERE rule = ? AND due_at BETWEEN ? AND ?",
+            (rule, first_due, last_due),
+        )
+        return {due: Window(rule, due, outcome, at) for due, outcome, at in rows}
+
+    def queue_window_reports(self, judged: Sequence[tuple[Window, Report]]) -> int:
+        """Judge windows and queue each one's evaluation (reports that are no file's
+        version), in one transaction; a window judged already keeps its outcome and its
+        report is not queued. Returns how many were queued."""
+        now = time.time()
+        queued = []
+        with self.transaction() as db:
+            for window, report in judged:
+                if self._judge(db, [window], now):
+                    queued.append(report)
+            self._enqueue(db, queued, now)
+            # Pruned against the newest judged window, not the clock: the windows' own times.
+            db.executemany(
+                "DELETE FROM expected_windows WHERE rule = ? AND due_at < "
+                "(SELECT MAX(due_at) FROM expected_windows WHERE rule = ?) - ?",
+                [(rule, rule, WINDOWS_KEPT_SECONDS) for rule in {w.rule for w, _ in judged}],
+            )
+        return len(queued)
+
+    @staticmethod
+    def _judge(db: sqlite3.Connection, windows: Iterable[Window], now: float) -> int:
+        """Insert judged windows; a late file's arrival is added to its missed window."""
+        judged = 0
+        for window in windows:
+            cursor = db.execute(
+                "INSERT OR IGNORE INTO expected_windows VALUES (?, ?, ?, ?, ?)",
+                (window.rule, window.due_at, window.outcome, window.arrived_at, now),
+            )
+            judged += cursor.rowcount
+            if not cursor.rowcount and window.arrived_at is not None:
+                db.execute(
+                    "UPDATE expected_windows SET arrived_at = ? WHERE rule = ? AND due_at = ?"
+                    " AND arrived_at IS NULL",
+                    (window.arrived_at, window.rule, window.due_at),
+                )
+        return judged
 
     # -- outbox ------------------------------------------------------------------------
 

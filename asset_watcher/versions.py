@@ -26,10 +26,12 @@ inotify reports a rename into a folder it does not watch yet as a deletion).
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from asset_watcher import metrics
+from asset_watcher.arrivals import expectations, file_arrival, with_arrival
 from asset_watcher.fingerprint import (
     FileChangedError,
     NotRegularFileError,
@@ -40,7 +42,7 @@ from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
 from asset_watcher.paths import display_path, through_link
 from asset_watcher.reports import reports_for_version
 from asset_watcher.rules import Rule, owner
-from asset_watcher.state import KnownVersion, StateStore
+from asset_watcher.state import KnownVersion, StateStore, Window
 
 # How soon a file closed after writing but still open for writing is looked at again.
 STILL_OPEN_RETRY_SECONDS = 1.0
@@ -213,10 +215,13 @@ class Versions:
         rules: Sequence[Rule],
         *,
         recently_gone: RecentlyGone | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.rules = tuple(rules)
         self.recently_gone = recently_gone
+        self.clock = clock  # wall clock: when a file arrived, for [watch.expect]
+        self.expectations = expectations(self.rules)
 
     def decide(
         self,
@@ -293,9 +298,20 @@ class Versions:
 
     def record(self, match: FileMatch, decision: Record) -> None:
         print_ = decision.fingerprint
-        self.store.record_version(
-            match.path, match.rule_name, print_.stat, print_.digest, decision.reports
-        )
+        expectation = self.expectations.get(match.rule_name)
+        # Held from judging the file's window to storing it: the agent's timer judges
+        # closing windows under the same lock, so a window gets one evaluation.
+        with self.store.lock:
+            reports = decision.reports
+            windows: tuple[Window, ...] = ()
+            if expectation is not None:
+                since = self.store.expectation_started(match.rule_name)
+                arrival = file_arrival(expectation, match, self.clock(), self.store, since)
+                if arrival is not None:
+                    reports, windows = with_arrival(reports, arrival), (arrival.window,)
+            self.store.record_version(
+                match.path, match.rule_name, print_.stat, print_.digest, reports, windows
+            )
         metrics.file_detected()
 
 

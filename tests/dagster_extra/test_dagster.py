@@ -132,3 +132,41 @@ def test_bad_config_is_a_config_error(tmp_path: Path, config_file: Callable[[str
     path = config_file(f'[[watch]]\npath = "{tmp_path}"\nasset_key = "a/{{nope}}"\n')
     with pytest.raises(ConfigError, match=r"watch\[1\]\.asset_key: unknown template field"):
         build_definitions(path)
+
+
+def test_an_expectation_declares_its_check_and_a_cron_freshness_policy(
+    tmp_path: Path, config_file: Callable[[str], Path]
+) -> None:
+    from asset_watcher.dagster import deadline_cron
+
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/daily"
+        [watch.expect]
+        cron = "30 6 * * 1-5"
+        timezone = "Europe/Berlin"
+        grace_minutes = 45
+        check_name = "on_time"
+
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/late_evening"
+        [watch.expect]
+        cron = "0 23 * * *"
+        timezone = "UTC"
+        grace_minutes = 120
+        """
+    )
+    graph = build_definitions(path).resolve_asset_graph()
+    daily, evening = dg.AssetKey(["acme", "daily"]), dg.AssetKey(["acme", "late_evening"])
+    assert dg.AssetCheckKey(daily, "on_time") in graph.asset_check_keys
+    assert dg.AssetCheckKey(evening, "arrived_on_time") in graph.asset_check_keys
+    policy = graph.get(daily).freshness_policy
+    assert policy is not None
+    assert (policy.deadline_cron, policy.timezone) == ("15 7 * * 1-5", "Europe/Berlin")
+    # A deadline on the next day is no cron of its own: no policy, the check remains.
+    assert graph.get(evening).freshness_policy is None
+    assert deadline_cron("*/5 * * * *", 1) is None
+    assert deadline_cron("10 * * * *", 5) == "15 * * * *"

@@ -11,6 +11,7 @@ import pytest
 from asset_watcher.config import (
     CsvHeaderCheck,
     DagsterSettings,
+    ExpectSettings,
     GzipCheck,
     HeartbeatSettings,
     JsonCheck,
@@ -39,7 +40,7 @@ def documented_keys() -> set[str]:
         found = re.match(r"\s*#?\s*([a-z_]+)\s*=", line)
         if found:
             keys.add(found.group(1))
-        table = re.match(r"\s*\[\[?[a-z_]+\.([a-z_]+)\]\]?", line)
+        table = re.match(r"\s*#?\s*\[\[?[a-z_]+\.([a-z_]+)\]\]?", line)
         if table:
             keys.add(table.group(1))
     return keys
@@ -48,7 +49,8 @@ def documented_keys() -> set[str]:
 @pytest.mark.parametrize(
     "model",
     [DagsterSettings, StateSettings, RuleDefaults, WatchRule, MetricsSettings, SizeCheck,
-     NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck, HeartbeatSettings],
+     NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck, HeartbeatSettings,
+     ExpectSettings],
 )  # fmt: skip
 def test_every_key_is_documented(model: type) -> None:
     missing = set(model.model_fields) - documented_keys()  # type: ignore[attr-defined]

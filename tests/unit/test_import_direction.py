@@ -9,9 +9,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
-    "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "config",
-    "metrics", "rules", "fingerprint", "checks", "reports", "state", "heartbeat", "versions",
-    "scan", "scanner", "settle", "watchdog_hooks", "observe", "deadlines", "reporter", "delivery",
+    "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "expect",
+    "config", "metrics", "rules", "fingerprint", "checks", "reports", "state", "heartbeat",
+    "arrivals", "versions", "scan", "scanner", "settle", "watchdog_hooks", "observe",
+    "deadlines", "reporter", "delivery",
     "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
 
@@ -24,6 +25,7 @@ THIRD_PARTY_HOMES = {
     "pydantic_settings": ("config",),
     "dagster": ("dagster",),
     "prometheus_client": ("metrics",),
+    "croniter": ("expect",),
 }
 
 

@@ -7,10 +7,12 @@ assets and their checks under exactly the keys the REST reports use. Dagster rec
 reports for undeclared keys too, but lists reported checks of an asset only when they
 are declared. This is the only module that imports dagster.
 
-Partitions: a rule's `partition` template is not turned into a partitions definition.
-The REST reports record their partition either way, and an unpartitioned asset shows
-them (event list, latest check results); a DynamicPartitionsDefinition would show an
-empty partition set, as nothing registers the partitions the agent makes up.
+Partitions: a rule's `partition` template alone is not turned into a partitions
+definition. The REST reports record their partition either way, and an unpartitioned
+asset shows them (event list, latest check results); a DynamicPartitionsDefinition would
+show an empty partition set, as nothing registers the partitions the agent makes up. A
+rule with `dynamic_partitions = "NAME"` does register them (the agent adds each new key
+before its first report), so its asset is declared with DynamicPartitionsDefinition(NAME).
 """
 
 from __future__ import annotations
@@ -152,12 +154,16 @@ def _asset_spec(asset: _Asset, host: str, group_name: str) -> dg.AssetSpec:
     }
     if rule.settings.partition:
         metadata["partition_template"] = rule.settings.partition
+    partitions_def = None
+    if rule.settings.dynamic_partitions is not None:
+        partitions_def = dg.DynamicPartitionsDefinition(name=rule.settings.dynamic_partitions)
     return dg.AssetSpec(
         key=dg.AssetKey(list(asset.key)),
         description=_description(rule),
         group_name=group_name,
         kinds=_kinds(rule),
         metadata=metadata,
+        partitions_def=partitions_def,
     )
 
 

@@ -132,3 +132,27 @@ def test_bad_config_is_a_config_error(tmp_path: Path, config_file: Callable[[str
     path = config_file(f'[[watch]]\npath = "{tmp_path}"\nasset_key = "a/{{nope}}"\n')
     with pytest.raises(ConfigError, match=r"watch\[1\]\.asset_key: unknown template field"):
         build_definitions(path)
+
+
+def test_a_dynamic_partitions_rule_declares_its_definition(
+    tmp_path: Path, config_file: Callable[[str], Path]
+) -> None:
+    path = config_file(
+        f"""
+        [dagster]
+        location = "data_host"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/orders"
+        partition = "{{stem}}"
+        dynamic_partitions = "acme_days"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/plain"
+        partition = "{{stem}}"
+        """
+    )
+    graph = build_definitions(path).resolve_asset_graph()
+    orders = graph.get(dg.AssetKey(["acme", "orders"])).partitions_def
+    assert orders == dg.DynamicPartitionsDefinition(name="acme_days")
+    assert graph.get(dg.AssetKey(["acme", "plain"])).partitions_def is None

@@ -25,6 +25,7 @@ from asset_watcher.reports import event_report, partition_add_report, reports_fo
 from asset_watcher.retry import Verdict, classify_partition_add
 from asset_watcher.rules import compile_rules, owner
 from asset_watcher.state import StateStore
+from tests.conftest import CliRun
 from tests.support.queueing import queue_reports
 from tests.unit.test_delivery import (
     OK,
@@ -354,3 +355,23 @@ def test_classify_partition_add(
     status: int | None, result_type: str | None, verdict: Verdict
 ) -> None:
     assert classify_partition_add(status, result_type) is verdict
+
+
+def test_explain_names_the_dynamic_partitions_definition(
+    cli: CliRun, config_file: Callable[[str], Path], tmp_path: Path
+) -> None:
+    config = config_file(
+        f"""
+        [dagster]
+        location = "data_host"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/orders"
+        partition = "{{stem}}"
+        dynamic_partitions = "{DEF}"
+        """
+    )
+    result = cli("-c", str(config), "explain", str(tmp_path / f"{DAY}.csv"))
+    assert result.returncode == 0, result.stderr
+    assert f"partition: {DAY}" in result.stdout
+    assert f"dynamic partitions: {DEF} (the key is added before its first report)" in result.stdout

@@ -375,3 +375,23 @@ def test_explain_names_the_dynamic_partitions_definition(
     assert result.returncode == 0, result.stderr
     assert f"partition: {DAY}" in result.stdout
     assert f"dynamic partitions: {DEF} (the key is added before its first report)" in result.stdout
+
+
+def test_the_location_may_come_from_the_environment(
+    config_file: Callable[[str], Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ASSET_WATCHER_DAGSTER__LOCATION", "from_env")
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a"
+        partition = "{{stem}}"
+        dynamic_partitions = "{DEF}"
+        """
+    )
+    assert load_config(path).dagster.location == "from_env"
+    # With another problem in the file, the location is not claimed missing.
+    broken = config_file(path.read_text() + 'event = "explosion"\n')
+    problems = problems_of(broken)
+    assert problems and not any(p.startswith("dagster.location") for p in problems), problems

@@ -339,6 +339,11 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"  event: {rule.event.value}")
         print(f"  asset key parts: {json.dumps(list(match.asset_key), ensure_ascii=False)}")
         print(f"  partition: {match.partition if match.partition is not None else '(none)'}")
+        if rule.settings.dynamic_partitions and match.partition is not None:
+            print(
+                f"  dynamic partitions: {rule.settings.dynamic_partitions} (the key is added "
+                "before its first report)"
+            )
         if match.description:
             print(f"  description: {match.description}")
         marker = rule.marker_for(match)

@@ -70,6 +70,10 @@ class DagsterSettings(_Strict):
     max_in_flight: int = Field(8, ge=1, le=256)
     verify_tls: bool | str = True
     backoff_max_seconds: float = Field(300.0, gt=0, le=86400)
+    # The code location and repository holding the dynamic partitions definitions that
+    # rules name (`dynamic_partitions`): Dagster's addDynamicPartition selects them so.
+    location: str | None = Field(None, min_length=1)
+    repository: str = Field("__repository__", min_length=1)
 
     @field_validator("url")
     @classmethod
@@ -333,6 +337,9 @@ class WatchRule(RuleDefaults):
     metadata: dict[str, str | int | float | bool] = Field(default_factory=dict)
     ready_marker: str | None = None
     checks: list[CheckSettings] = Field(default_factory=list)
+    # The name of a DynamicPartitionsDefinition: each new partition key is added to it
+    # (GraphQL addDynamicPartition) before its first report.
+    dynamic_partitions: str | None = Field(None, min_length=1)
     expect: ExpectSettings | None = None
 
     @field_validator("expect")
@@ -413,6 +420,14 @@ class WatchRule(RuleDefaults):
             raise ValueError("asset key template is empty")
         return template
 
+    @field_validator("dynamic_partitions")
+    @classmethod
+    def _needs_a_partition(cls, name: str | None, info: ValidationInfo) -> str | None:
+        # A broken `partition` template is reported on its own; only a missing one here.
+        if name is not None and "partition" in info.data and info.data["partition"] is None:
+            raise ValueError("needs a `partition` template on the rule: the key it adds")
+        return name
+
     @property
     def rule_name(self) -> str:
         return self.name or self.asset_key
@@ -471,6 +486,9 @@ class Config(BaseSettings):
                 if key not in rule.model_fields_set:
                     setattr(rule, key, getattr(self.defaults, key))
         problems = duplicate_rule_names(rule.rule_name for rule in self.watch)
+        problems += missing_location(
+            [rule.dynamic_partitions for rule in self.watch], self.dagster.location
+        )
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -498,6 +516,18 @@ def duplicate_rule_names(names: Iterable[object]) -> list[str]:
             )
         seen.setdefault(name, index)
     return problems
+
+
+def missing_location(dynamic_partitions: Iterable[object], location: object) -> list[str]:
+    """`dagster.location` is needed as soon as one rule adds dynamic partitions (each
+    rule's `dynamic_partitions`, in order)."""
+    naming = [f"watch[{index}]" for index, name in enumerate(dynamic_partitions, 1) if name]
+    if not naming or location:
+        return []
+    return [
+        f"dagster.location: required by dynamic_partitions ({', '.join(naming)}): the name of "
+        "the code location that defines the dynamic partitions"
+    ]
 
 
 def template_fields(template: str) -> list[str]:
@@ -563,6 +593,12 @@ def load_config(
         raw_rules = raw_rules if isinstance(raw_rules, list) else []
         names = [r.get("name") or r.get("asset_key") for r in raw_rules if isinstance(r, dict)]
         problems += [p for p in duplicate_rule_names(names) if p not in problems]
+        dagster = data.get("dagster")
+        location = dagster.get("location") if isinstance(dagster, dict) else None
+        if any(name.upper().startswith("ASSET_WATCHER_DAGSTER") for name in os.environ):
+            location = location or "(perhaps from the environment)"  # said once it validates
+        dynamic = [r.get("dynamic_partitions") if isinstance(r, dict) else None for r in raw_rules]
+        problems += [p for p in missing_location(dynamic, location) if p not in problems]
         raise ConfigError(problems) from None
     except SettingsError as exc:  # an ASSET_WATCHER_* variable that is not valid JSON
         raise ConfigError([f"environment: {exc}"]) from None

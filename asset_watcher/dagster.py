@@ -15,10 +15,12 @@ as a whole (not one partner file per day), and only where freshness is enabled, 
 check stays the answer per due time; a cron whose deadline cannot be written as a cron
 (a grace that moves it to another day) gets no policy.
 
-Partitions: a rule's `partition` template is not turned into a partitions definition.
-The REST reports record their partition either way, and an unpartitioned asset shows
-them (event list, latest check results); a DynamicPartitionsDefinition would show an
-empty partition set, as nothing registers the partitions the agent makes up.
+Partitions: a rule's `partition` template alone is not turned into a partitions
+definition. The REST reports record their partition either way, and an unpartitioned
+asset shows them (event list, latest check results); a DynamicPartitionsDefinition would
+show an empty partition set, as nothing registers the partitions the agent makes up. A
+rule with `dynamic_partitions = "NAME"` does register them (the agent adds each new key
+before its first report), so its asset is declared with DynamicPartitionsDefinition(NAME).
 """
 
 from __future__ import annotations
@@ -213,12 +215,16 @@ def _asset_spec(asset: _Asset, host: str, group_name: str) -> dg.AssetSpec:
         policy = _freshness_policy(expect)
         if policy is not None:
             extra["freshness_policy"] = policy
+    partitions_def = None
+    if rule.settings.dynamic_partitions is not None:
+        partitions_def = dg.DynamicPartitionsDefinition(name=rule.settings.dynamic_partitions)
     return dg.AssetSpec(
         key=dg.AssetKey(list(asset.key)),
         description=_description(rule),
         group_name=group_name,
         kinds=_kinds(rule),
         metadata=metadata,
+        partitions_def=partitions_def,
         **extra,
     )
 

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from asset_watcher import metrics
 from asset_watcher.config import DagsterSettings
-from asset_watcher.model import EventKind
+from asset_watcher.model import EventKind, dynamic_partition_of
 from asset_watcher.reporter import Answer
 from asset_watcher.retry import (
     Gate,
@@ -59,7 +59,19 @@ def _second_500(item: OutboxItem) -> bool:
 def describe(item: OutboxItem) -> str:
     """`materialization of acme/orders [2026-11-26]`, for log lines."""
     key, partition = order_key_parts(item.order_key)
-    return f"{item.kind.value} of {'/'.join(key)}" + (f" [{partition}]" if partition else "")
+    what = "dynamic partition add" if item.kind is EventKind.PARTITION else item.kind.value
+    return f"{what} of {'/'.join(key)}" + (f" [{partition}]" if partition else "")
+
+
+def added_partition(item: OutboxItem) -> tuple[str, str] | None:
+    """(partitions definition, key) a dynamic partition add names, else None."""
+    if item.kind is not EventKind.PARTITION:
+        return None
+    try:
+        body = json.loads(item.body)
+    except ValueError:
+        return None
+    return dynamic_partition_of(body) if isinstance(body, dict) else None
 
 
 def partitioned_check(item: OutboxItem) -> tuple[str, str] | None:
@@ -139,6 +151,7 @@ class _Flight:
     item: OutboxItem
     level: int  # the gate's level when it started: failures of one round count once
     check: tuple[str, str] | None  # partitioned_check(item), read once
+    partition: tuple[str, str] | None = None  # added_partition(item), read once
 
 
 _Result = tuple[_Flight, Answer]
@@ -314,7 +327,7 @@ class Deliverer:
             check = partitioned_check(item)
             if check is not None and self._is_repeated_evaluation(item, check):
                 continue
-            flight = _Flight(item, self.gate.level, check)
+            flight = _Flight(item, self.gate.level, check, added_partition(item))
             self._in_flight[item.id] = flight
             jobs.put(flight)
             room -= 1
@@ -432,6 +445,7 @@ class Deliverer:
         self.store.ack_many(
             [flight.item.id for flight in delivered],
             [flight.check for flight in delivered if flight.check is not None],
+            [flight.partition for flight in delivered if flight.partition is not None],
         )
         progress = False
         for flight, answer in answers:
@@ -451,8 +465,7 @@ class Deliverer:
             self._on_accepted(now, flight.level)
             return True
         if answer.verdict is Verdict.DEAD:
-            self.store.dead_letter(item.id, answer.detail)
-            self._summary.dead += 1
+            self._dead_letter(item, answer.detail)
             self._dead_error = answer.detail
             metrics.report_outcome(kind, "dead")
             if answer.status is None:
@@ -486,6 +499,27 @@ class Deliverer:
         self._unresolved[item.id] = answer.detail
         self._retry(flight, answer, now)
         return False
+
+    def _dead_letter(self, item: OutboxItem, detail: str) -> None:
+        """Into the dead letters; a dynamic partition add takes the reports queued behind
+        it along (SPEC 16: they would reach Dagster for a key it does not list), so the
+        next of its key cannot go first unnoticed; `retry-dead` requeues them in order."""
+        if item.kind is not EventKind.PARTITION:
+            self.store.dead_letter(item.id, detail)
+            self._summary.dead += 1
+            return
+        followers = self.store.dead_letter_with_followers(
+            item.id, detail, f"not sent: the {describe(item)} before it failed: {detail}"
+        )
+        self._summary.dead += 1 + followers
+        if followers:
+            log.error(
+                "the %s failed, so the %d report(s) queued behind it were moved to the dead "
+                "letters too (`asset-watcher retry-dead` requeues them in order): %s",
+                describe(item),
+                followers,
+                detail,
+            )
 
     def _set_aside_refused(self, flight: _Flight, check: tuple[str, str], now: float) -> None:
         """A partitioned check evaluation answered 500 twice in a row: most likely one

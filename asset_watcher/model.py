@@ -9,14 +9,19 @@ from typing import Any
 
 
 class EventKind(str, enum.Enum):
-    """What a report tells Dagster; the value is the REST endpoint's name."""
+    """What a report tells Dagster; the value names the REST endpoint (`report_asset_...`)."""
 
     MATERIALIZATION = "materialization"
     OBSERVATION = "observation"
     CHECK = "check"
+    # Not a REST report: a partition key added to a dynamic partitions definition through
+    # Dagster's GraphQL `addDynamicPartition`, queued ahead of the key's first report.
+    PARTITION = "partition"
 
     @property
     def endpoint(self) -> str:
+        if self is EventKind.PARTITION:
+            return "graphql"
         return f"report_asset_{self.value}/"
 
 
@@ -82,6 +87,25 @@ class Report:
     def order_key(self) -> str:
         """Reports with the same order key are delivered in the order they were queued."""
         return "\x1f".join(self.asset_key) + "\x1e" + (self.partition or "")
+
+    @property
+    def dynamic_partition(self) -> tuple[str, str] | None:
+        """(partitions definition, partition key) a PARTITION report adds, else None."""
+        if self.kind is not EventKind.PARTITION:
+            return None
+        return dynamic_partition_of(self.body)
+
+
+# The body of a PARTITION report: what the agent stores and the GraphQL variables it
+# sends (with the repository selector of the configuration in force when it is sent).
+PARTITIONS_DEF_FIELD = "partitionsDefName"
+PARTITION_KEY_FIELD = "partitionKey"
+
+
+def dynamic_partition_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(partitions definition, partition key) of a PARTITION report's body, else None."""
+    name, key = body.get(PARTITIONS_DEF_FIELD), body.get(PARTITION_KEY_FIELD)
+    return (name, key) if isinstance(name, str) and isinstance(key, str) else None
 
 
 class ChangeKind(str, enum.Enum):

@@ -47,6 +47,7 @@ from asset_watcher.model import EventKind
 from asset_watcher.retry import (
     Verdict,
     classify,
+    classify_partition_add,
     retry_after_seconds,
 )
 
@@ -56,6 +57,29 @@ TOKEN_HEADER = "Dagster-Cloud-Api-Token"
 ERROR_TEXT_MAX = 500
 # Dagster answers a report with a few bytes of JSON, an error with a few KiB of text.
 MAX_ANSWER_BYTES = 1 << 20
+
+
+# A PARTITION report's stored body holds the mutation's variables but the repository
+# selector, taken from the settings when it is sent: after a wrong `dagster.location` is
+# fixed, `retry-dead` sends the same adds to the right place.
+ADD_DYNAMIC_PARTITION = (
+    "mutation AddDynamicPartition($partitionsDefName: String!, $partitionKey: String!,"
+    " $repositorySelector: RepositorySelector!) {"
+    " addDynamicPartition(partitionsDefName: $partitionsDefName, partitionKey: $partitionKey,"
+    " repositorySelector: $repositorySelector) { __typename ... on Error { message } } }"
+)
+
+
+def graphql_request(settings: DagsterSettings, stored_body: str) -> str:
+    """The GraphQL request that adds the dynamic partition a PARTITION report names."""
+    if settings.location is None:
+        raise ValueError("dagster.location is not set: no code location to add the partition to")
+    variables = dict(json.loads(stored_body))
+    variables["repositorySelector"] = {
+        "repositoryName": settings.repository,
+        "repositoryLocationName": settings.location,
+    }
+    return json.dumps({"query": ADD_DYNAMIC_PARTITION, "variables": variables})
 
 
 def endpoint_url(base_url: str, kind: EventKind) -> str:
@@ -257,6 +281,8 @@ class Reporter:
     def post(self, kind: EventKind, body: str) -> Answer:
         """Send one stored body; never raises for network trouble. Returns within
         `timeout_seconds` (plus what resolving the host name takes)."""
+        if kind is EventKind.PARTITION:
+            body = graphql_request(self.settings, body)  # raises on a stored body it cannot use
         deadline = self._watchdog.begin(self.settings.timeout_seconds)
         if deadline.expired:  # closed: nothing more is sent
             return self._timed_out()
@@ -275,7 +301,7 @@ class Reporter:
             # Cut off at the deadline, what was read may look whole and is not (http.client
             # takes a header block cut short for a complete one): never trust it.
             return self._timed_out()
-        return self._answer(status, content, retry_after)
+        return self._answer(kind, status, content, retry_after)
 
     def _exchange(self, kind: EventKind, data: bytes) -> tuple[int, bytes, str | None]:
         if self._manager is None:
@@ -340,11 +366,21 @@ class Reporter:
     def _timed_out(self) -> Answer:
         return Answer(Verdict.RETRY, None, f"no answer within {self.settings.timeout_seconds}s")
 
-    def _answer(self, status: int, content: bytes, retry_after: str | None) -> Answer:
-        verdict = classify(status)
+    def _answer(
+        self, kind: EventKind, status: int, content: bytes, retry_after: str | None
+    ) -> Answer:
+        if kind is EventKind.PARTITION:
+            result_type, text = _partition_add_result(content)
+            verdict = classify_partition_add(status, result_type)
+            if verdict is Verdict.DEAD and 200 <= status < 300:
+                text = f"HTTP {status}: addDynamicPartition answered {text}"[:ERROR_TEXT_MAX]
+            else:
+                text = _error_text(status, content)
+        else:
+            verdict, text = classify(status), _error_text(status, content)
         # Dagster's error text is stored, shown by `status` and printed by `scan`: mask the
         # token in it too, should a proxy or server ever echo the request headers.
-        detail = "" if verdict is Verdict.DELIVERED else self.scrub(_error_text(status, content))
+        detail = "" if verdict is Verdict.DELIVERED else self.scrub(text)
         wait = retry_after_seconds(
             retry_after, time.time(), cap_seconds=self.settings.backoff_max_seconds
         )
@@ -462,8 +498,34 @@ def _reason(exc: BaseException) -> str:
 
 def _error_text(status: int, content: bytes) -> str:
     try:
-        error = json.loads(content).get("error")
+        answer = json.loads(content)
+        error = answer.get("error") or _graphql_errors(answer)
     except (ValueError, AttributeError):
         error = None
     text = str(error) if error else content.decode("utf-8", "replace").strip()
     return f"HTTP {status}: {text[:ERROR_TEXT_MAX]}"
+
+
+def _graphql_errors(answer: dict[str, Any]) -> str | None:
+    """The messages of a GraphQL answer's `errors` list, joined; None without one."""
+    errors = answer.get("errors")
+    if not isinstance(errors, list) or not errors:
+        return None
+    messages = [str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors]
+    return "GraphQL errors: " + "; ".join(messages)
+
+
+def _partition_add_result(content: bytes) -> tuple[str | None, str]:
+    """(`__typename` of addDynamicPartition's result or None, a text saying what came)."""
+    try:
+        answer = json.loads(content)
+        errors = _graphql_errors(answer)
+        if errors:
+            return None, errors
+        result = answer["data"]["addDynamicPartition"]
+        result_type = result["__typename"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        text = content.decode("utf-8", "replace").strip()
+        return None, f"what is not a GraphQL result: {text[:ERROR_TEXT_MAX]}"
+    message = result.get("message")
+    return str(result_type), f"{result_type}: {message}" if message else str(result_type)

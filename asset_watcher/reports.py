@@ -1,4 +1,5 @@
-"""Report values and the JSON bodies of the three External Assets REST endpoints.
+"""Report values and the JSON bodies of the three External Assets REST endpoints (and
+of the dynamic partition add that goes ahead of them).
 
 The asset key goes in the body as a list of parts: Dagster turns a list into a
 multi-part AssetKey and keeps every character of every part, which neither the URL path
@@ -14,7 +15,14 @@ from typing import Any
 from urllib.parse import quote
 
 from asset_watcher.checks import data_rows, run_checks
-from asset_watcher.model import EventKind, FileMatch, Fingerprint, Report
+from asset_watcher.model import (
+    PARTITION_KEY_FIELD,
+    PARTITIONS_DEF_FIELD,
+    EventKind,
+    FileMatch,
+    Fingerprint,
+    Report,
+)
 from asset_watcher.paths import utf8_path
 from asset_watcher.rules import Rule
 
@@ -100,6 +108,14 @@ def check_report(
     return Report(kind=EventKind.CHECK, asset_key=asset_key, body=body, partition=partition)
 
 
+def partition_add_report(asset_key: tuple[str, ...], partitions_def: str, partition: str) -> Report:
+    """Adds `partition` to the dynamic partitions definition `partitions_def`. It carries
+    the asset key and partition of the reports it goes ahead of, so it shares their order
+    key and the outbox delivers it first."""
+    body = {PARTITIONS_DEF_FIELD: partitions_def, PARTITION_KEY_FIELD: partition}
+    return Report(kind=EventKind.PARTITION, asset_key=asset_key, body=body, partition=partition)
+
+
 def file_report(
     match: FileMatch,
     print_: Fingerprint,
@@ -143,7 +159,9 @@ def deleted_report(match: FileMatch, *, host: str) -> Report:
 
 
 def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> list[Report]:
-    """Everything one completed file version yields: its event, then one result per check.
+    """Everything one completed file version yields: its event, then one result per check;
+    first, for a rule with `dynamic_partitions`, the add of its partition key (the outbox
+    leaves it out when the key was added or is queued already).
 
     All of them share the asset key and partition, so the outbox delivers the checks after
     the materialization (or observation) they belong to. `dagster/row_count` agrees with the
@@ -170,4 +188,9 @@ def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> li
         )
         for result in run_checks(rule, match, print_)
     ]
-    return [report, *checks]
+    adds = []
+    if rule.settings.dynamic_partitions is not None and match.partition is not None:
+        adds.append(
+            partition_add_report(match.asset_key, rule.settings.dynamic_partitions, match.partition)
+        )
+    return [*adds, report, *checks]

@@ -34,6 +34,25 @@ def classify(status: int | None) -> Verdict:
     return Verdict.DEAD
 
 
+# What `addDynamicPartition` (dagster_graphql's AddDynamicPartitionResult union) answers
+# when the key is there now: added, or added before (by us, the UI, a sensor).
+PARTITION_PRESENT = frozenset({"AddDynamicPartitionSuccess", "DuplicateDynamicPartitionError"})
+
+
+def classify_partition_add(status: int | None, result_type: str | None) -> Verdict:
+    """A dynamic partition add's answer: the HTTP status as for any report, then, for a
+    2xx, the mutation's result type (`__typename`; None when the answer holds no result:
+    a GraphQL `errors` list, or not GraphQL at all). A 2xx says only that the request was
+    read: anything but a present key is a dead letter with its text, never retried in a
+    loop. UnauthorizedError is one too, not the 401/403 pause: Dagster answers it for a
+    definition or code location it does not know as well as for a missing permission,
+    and in neither case does the token fail the reports behind other keys."""
+    verdict = classify(status)
+    if verdict is not Verdict.DELIVERED:
+        return verdict
+    return Verdict.DELIVERED if result_type in PARTITION_PRESENT else Verdict.DEAD
+
+
 def backoff_seconds(
     attempt: int, *, cap_seconds: float = 300.0, rand: Callable[[], float] = random.random
 ) -> float:

@@ -117,6 +117,14 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             evaluated_at REAL NOT NULL,
             PRIMARY KEY (rule, due_at)
         ) WITHOUT ROWID""",
+        # Partition keys Dagster acknowledged adding to a dynamic partitions definition:
+        # a later version of the same key queues no add (SPEC 16).
+        """CREATE TABLE dynamic_partitions (
+            partitions_def TEXT NOT NULL,
+            partition_key TEXT NOT NULL,
+            added_at REAL NOT NULL,
+            PRIMARY KEY (partitions_def, partition_key)
+        ) WITHOUT ROWID""",
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -196,6 +204,24 @@ class OutboxCounts:
     dead: int
     oldest_pending_at: float | None
     set_aside: int
+
+
+def _partition_add_needless(
+    db: sqlite3.Connection, order_key: str, body: str, added: tuple[str, str]
+) -> bool:
+    """Whether a dynamic partition add can be left out: Dagster acknowledged the key, or
+    the same add is queued already for this order key (it goes ahead of this version's
+    reports as well). An add queued under another asset's order key does not count: it
+    is not ordered before these reports."""
+    if db.execute(
+        "SELECT 1 FROM dynamic_partitions WHERE partitions_def = ? AND partition_key = ?", added
+    ).fetchone():
+        return True
+    queued = db.execute(
+        "SELECT 1 FROM outbox WHERE order_key = ? AND kind = ? AND body = ? LIMIT 1",
+        (order_key, EventKind.PARTITION.value, body),
+    ).fetchone()
+    return queued is not None
 
 
 def _split(path: str) -> tuple[bytes, bytes]:
@@ -628,12 +654,15 @@ class StateStore:
 
     @staticmethod
     def _enqueue(db: sqlite3.Connection, reports: Iterable[Report], now: float) -> None:
+        rows = []
+        for report in reports:
+            body = json.dumps(report.body, ensure_ascii=False)
+            added = report.dynamic_partition
+            if added is not None and _partition_add_needless(db, report.order_key, body, added):
+                continue
+            rows.append((report.kind.value, report.order_key, body, now))
         db.executemany(
-            "INSERT INTO outbox (kind, order_key, body, created_at) VALUES (?, ?, ?, ?)",
-            [
-                (r.kind.value, r.order_key, json.dumps(r.body, ensure_ascii=False), now)
-                for r in reports
-            ],
+            "INSERT INTO outbox (kind, order_key, body, created_at) VALUES (?, ?, ?, ?)", rows
         )
 
     def queue_reports(self, reports: Iterable[Report]) -> None:
@@ -703,9 +732,15 @@ class StateStore:
         with self.transaction() as db:
             db.execute("UPDATE outbox SET next_attempt_at = 0 WHERE next_attempt_at > 0")
 
-    def ack_many(self, item_ids: list[int], checks: Iterable[tuple[str, str]] = ()) -> None:
+    def ack_many(
+        self,
+        item_ids: list[int],
+        checks: Iterable[tuple[str, str]] = (),
+        partitions: Iterable[tuple[str, str]] = (),
+    ) -> None:
         """Remove delivered reports, in one transaction, and remember the partitioned
-        check evaluations among them, (order key, check name) each. The time of the last
+        check evaluations among them, (order key, check name) each, and the dynamic
+        partitions added, (partitions definition, key) each. The time of the last
         success (for `status`) is written at most once a second: in a burst, writing it with
         every answer was a third of the cost of an acknowledgement."""
         if not item_ids:
@@ -717,6 +752,10 @@ class StateStore:
             db.executemany(
                 "INSERT OR IGNORE INTO check_evaluations VALUES (?, ?, ?)",
                 [(order_key, name, now) for order_key, name in checks],
+            )
+            db.executemany(
+                "INSERT OR IGNORE INTO dynamic_partitions VALUES (?, ?, ?)",
+                [(name, key, now) for name, key in partitions],
             )
             if write_time:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('last_success', ?)", (str(now),))
@@ -781,6 +820,41 @@ class StateStore:
             )
             db.execute("DELETE FROM outbox WHERE id = ?", (item_id,))
             self._note_error(db, error)
+
+    def dead_letter_with_followers(self, item_id: int, error: str, followers_error: str) -> int:
+        """Dead-letter a report and every report of its order key queued after it (with
+        `followers_error`), in one transaction; returns how many followed it. For a
+        dynamic partition add: the reports behind it must not reach Dagster as if the key
+        existed, and `retry-dead` brings them all back in their order."""
+        now = time.time()
+        with self.transaction() as db:
+            row = db.execute("SELECT order_key FROM outbox WHERE id = ?", (item_id,)).fetchone()
+            if row is None:
+                return 0
+            db.execute(
+                "INSERT INTO dead SELECT id, kind, order_key, body, created_at, ?, ? FROM outbox"
+                " WHERE id = ?",
+                (now, error, item_id),
+            )
+            followers = db.execute(
+                "INSERT INTO dead SELECT id, kind, order_key, body, created_at, ?, ? FROM outbox"
+                " WHERE order_key = ? AND id > ?",
+                (now, followers_error, row[0], item_id),
+            ).rowcount
+            db.execute("DELETE FROM outbox WHERE order_key = ? AND id >= ?", (row[0], item_id))
+            self._note_error(db, error)
+            return followers
+
+    @_locked
+    def has_dynamic_partition(self, partitions_def: str, partition_key: str) -> bool:
+        """Whether Dagster acknowledged adding this key (so no add is queued for it)."""
+        if self.schema_version < 3:  # a reader of a database not migrated yet
+            return False
+        row = self.db.execute(
+            "SELECT 1 FROM dynamic_partitions WHERE partitions_def = ? AND partition_key = ?",
+            (partitions_def, partition_key),
+        ).fetchone()
+        return row is not None
 
     def note_error(self, error: str) -> None:
         """Remember a delivery problem that is about no single report (401/403)."""

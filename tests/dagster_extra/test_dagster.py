@@ -170,3 +170,27 @@ def test_an_expectation_declares_its_check_and_a_cron_freshness_policy(
     assert graph.get(evening).freshness_policy is None
     assert deadline_cron("*/5 * * * *", 1) is None
     assert deadline_cron("10 * * * *", 5) == "15 * * * *"
+
+
+def test_a_dynamic_partitions_rule_declares_its_definition(
+    tmp_path: Path, config_file: Callable[[str], Path]
+) -> None:
+    path = config_file(
+        f"""
+        [dagster]
+        location = "data_host"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/orders"
+        partition = "{{stem}}"
+        dynamic_partitions = "acme_days"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "acme/plain"
+        partition = "{{stem}}"
+        """
+    )
+    graph = build_definitions(path).resolve_asset_graph()
+    orders = graph.get(dg.AssetKey(["acme", "orders"])).partitions_def
+    assert orders == dg.DynamicPartitionsDefinition(name="acme_days")
+    assert graph.get(dg.AssetKey(["acme", "plain"])).partitions_def is None

@@ -136,6 +136,16 @@ def _all_asset_keys(home: str) -> list[list[str]]:
         instance.dispose()
 
 
+def _dynamic_partitions(home: str, name: str) -> list[str]:
+    from dagster import DagsterInstance
+
+    instance = DagsterInstance.from_config(home)
+    try:
+        return list(instance.get_dynamic_partitions(name))
+    finally:
+        instance.dispose()
+
+
 def answer(question: dict[str, Any]) -> Any:
     home, op = question["home"], question["op"]
     if op == "asset_events":
@@ -146,6 +156,8 @@ def answer(question: dict[str, Any]) -> Any:
         return _check_execution_statuses(home, question["key"], question["check_name"])
     if op == "all_asset_keys":
         return _all_asset_keys(home)
+    if op == "dynamic_partitions":
+        return _dynamic_partitions(home, question["name"])
     if op == "version":
         from dagster import __version__
 

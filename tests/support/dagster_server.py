@@ -427,6 +427,10 @@ class DagsterServer:
         """Every asset key with recorded events, as sorted lists of parts."""
         return [list(key) for key in self._ask("all_asset_keys")]
 
+    def dynamic_partitions(self, name: str) -> list[str]:
+        """The keys of the dynamic partitions definition `name`, in the order added."""
+        return list(self._ask("dynamic_partitions", name=name))
+
     def materializations(
         self, asset_key_parts: Sequence[str], partition: str | None = None
     ) -> list[AssetEventRecord]:

@@ -139,7 +139,12 @@ def _partitioned(
         if index >= PARTITION_SEARCH_LIMIT or due > at + CATCH_UP_SECONDS:
             break
         if expectation.partition_of(due) == match.partition:
-            if due in judged:
+            window = judged.get(due)
+            if window is not None and window.outcome == MISSED:
+                # Judged missed a moment ago (its deadline fell within the last second,
+                # which this loop still looks at): the file is late for it.
+                return _late(expectation, due, at, window, since)
+            if window is not None:
                 return None  # passed already (a file sent again): Dagster holds the answer
             return _on_time(expectation, match, due, at)
     for index, due in enumerate(schedule.due_times_before(closes_from)):

@@ -205,6 +205,20 @@ def test_partitioned_files_are_for_the_due_time_with_their_partition(
     assert checks(world.arrive("orders_2024-01-01.csv", berlin(2025, 6, 3, 8))) == []
 
 
+def test_a_file_a_moment_after_its_window_was_judged_missed_is_late(
+    daily_partitioned: World,
+) -> None:
+    """Within the second after the deadline the search for open windows still meets the
+    due time; the timer judged it missed already, so the file is late for it (it was
+    taken for a file sent again, and got no lateness)."""
+    world = daily_partitioned
+    (missed,) = checks(world.tick(berlin(2025, 6, 2, 7)))
+    assert missed["passed"] is False
+    bodies = world.arrive("orders_2025-06-02.csv", berlin(2025, 6, 2, 7) + 0.5)
+    assert checks(bodies) == []
+    assert materializations(bodies)[0]["metadata"]["lateness_seconds"] == 3600.5
+
+
 def test_windows_closed_while_stopped_are_judged_at_start_once(daily: World) -> None:
     daily.arrive("orders.csv", berlin(2025, 6, 2, 6, 5))  # day 1 on time
     daily.restart(berlin(2025, 6, 5, 12))  # stopped through days 2, 3, 4 (and 5's 07:00)

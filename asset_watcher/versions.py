@@ -394,9 +394,14 @@ class Versions:
             since = min(since, signal.stat.mtime_ns / 1e9)
             st = signal.stat
             completion = f"{settings.complete_when} {st.inode} {st.mtime_ns} {st.size}"
-            left = settle - (now - _quiet_since(st))
-            if 0 < left <= settle:  # (a future timestamp says nothing about a write)
-                return BatchWaits(batch, f"{name} to settle", since, left)
+        # Every member and the marker or manifest quiet for the settle time (a future
+        # timestamp, a sender's clock, says nothing about a write).
+        stats = [(n, st) for n, (_, st) in members.items()]
+        if signal is not None:
+            stats.append((signal.name, signal.stat))
+        settling = sorted(n for n, st in stats if 0 <= now - _quiet_since(st) < settle)
+        if settling:
+            return BatchWaits(batch, f"{_names(settling)} to settle", since, settle)
         reported = self.store.reported_batch(batch.rule, batch.folder, batch.group)
         if reported is not None and reported.completion == completion and not look.force:
             changed = tuple(changed_members(reported.members, signature))
@@ -416,11 +421,6 @@ class Versions:
                     + _names(missing)
                 )
                 return BatchWaits(batch, what, since, None if give_up is None else give_up - waited)
-        settling = sorted(
-            n for n, (_, st) in members.items() if 0 <= now - _quiet_since(st) < settle
-        )
-        if settling:
-            return BatchWaits(batch, f"members to settle: {_names(settling)}", since, settle)
         if not read:
             return BatchReady(batch, len(members))
         return self._read_batch(rule, group, members, completion, manifest, since)

@@ -419,6 +419,11 @@ def batch_problems(index: int, rule: WatchRule) -> list[str]:
         )
     if rule.expect is not None:
         problems.append(f"watch[{index}].expect: not supported on a batch rule yet")
+    if batch.complete_when == "manifest" and any(c.check_name == "manifest" for c in rule.checks):
+        problems.append(
+            f"watch[{index}].checks: a check is named 'manifest', the name of the check a "
+            "batch manifest implies; give it another `name`"
+        )
     return problems
 
 

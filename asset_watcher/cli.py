@@ -327,6 +327,10 @@ def cmd_explain(args: argparse.Namespace) -> int:
         match, reasons = explain(rules, path)
         for rule_name, reason in reasons:
             print(f"  rule {rule_name}: no: {reason}")
+        control = next((r for r in rules if r.is_batch_control(path)), None)
+        if match is None and control is not None:
+            _explain_batch(config, rules, control, path)
+            continue
         if match is None:
             print("  not reported: no rule owns it")
             continue
@@ -352,7 +356,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
         for check in rule.settings.checks:
             print(f"  check: {check.check_name} ({check.type}, {check.severity})")
         _explain_expectation(rule)
+        if rule.is_batch:
+            _explain_batch(config, rules, rule, path)
     return EXIT_OK
+
+
+def _explain_batch(config: Config, rules: Any, rule: Any, path: str) -> None:
+    """Which batch a file (or marker, or manifest) belongs to, and what it still waits
+    for: the batch decision without reading the members (no state change)."""
+    from asset_watcher.versions import BatchWaits, Versions, describe_batch
+
+    batch = rule.settings.batch
+    how = {"marker": batch.marker, "manifest": batch.manifest}.get(batch.complete_when)
+    shown = f" {how}" if how else f" after {batch.quiet_seconds:g}s without a change"
+    print(
+        f"  batch of rule {rule.name}: group {batch.group!r},"
+        f" complete by {batch.complete_when}{shown}"
+    )
+    with _open_existing_store(config, read_only=True) as store:
+        decisions = Versions(store, rules).decide_batches(rule, os.path.dirname(path), read=False)
+    for decision in decisions:
+        print(f"  {describe_batch(decision)}")
+        if isinstance(decision, BatchWaits):
+            print(f"    incomplete for {time.time() - decision.since:.0f}s")
 
 
 def _explain_expectation(rule: Any) -> None:
@@ -408,6 +434,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         last_success = store.meta("last_success")
         dead = store.dead_letter_items(STATUS_DEAD_LISTED)
         aside = store.set_aside_items(STATUS_DEAD_LISTED)
+        batches = store.pending_batches()
     age = time.time() - counts.oldest_pending_at if counts.oldest_pending_at else None
     dead_letters = []
     for letter in dead:
@@ -450,6 +477,18 @@ def cmd_status(args: argparse.Namespace) -> int:
         "last_error_at": float(last_error_at) if last_error_at else None,
         "dead_letters": dead_letters,
         "set_aside_reports": set_aside,
+        # Written by `run` and `scan` each time they look at a batch's folder.
+        "incomplete_batches": [
+            {
+                "rule": b.rule,
+                "folder": b.folder,
+                "group": b.group,
+                "waiting_for": b.waiting_for,
+                "age_seconds": round(now - b.since, 3),
+                "seen_at": b.updated_at,
+            }
+            for b in batches
+        ],
         "expected_arrivals": [
             {
                 "rule": o.rule,
@@ -465,7 +504,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False))
         return EXIT_OK
     for name, value in data.items():
-        if name in ("dead_letters", "set_aside_reports", "expected_arrivals"):
+        if name in ("dead_letters", "set_aside_reports", "expected_arrivals", "incomplete_batches"):
             continue
         if name.endswith("_at") and isinstance(value, float):
             value = f"{_iso_local(value)} ({time.time() - value:.0f}s ago)"
@@ -483,6 +522,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"  set aside {what} of {'/'.join(entry['asset_key'])}{partition}: {entry['reason']}")
     if counts.set_aside > len(set_aside):
         print(f"  ... and {counts.set_aside - len(set_aside)} more set aside before those")
+    for entry in data["incomplete_batches"]:
+        print(
+            f"batch {entry['folder']} (group {entry['group']!r}, rule {entry['rule']}): "
+            f"waits for {entry['waiting_for']}, {entry['age_seconds']:.0f}s old"
+        )
     for o in expected:
         partition = f" [{o.next_partition}]" if o.next_partition else ""
         print(f"expected {o.rule}: next due {o.next_due}{partition}")

@@ -299,6 +299,134 @@ class ExpectSettings(_Strict):
         return None if template is None else check_partition(template)
 
 
+# Fields only one file has: a batch's templates cannot use them (SPEC 13).
+PER_FILE_FIELDS = frozenset({"name", "stem", "suffix", "relpath"})
+# Fields every member of a batch shares: the batch lives in one folder.
+BATCH_FIELDS = frozenset({"reldir", "parent", "rule", "host"})
+BATCH_CONTROL_FIELDS = ("marker", "manifest")
+
+
+class BatchSettings(_Strict):
+    """[watch.batch]: many files, one asset version (SPEC 13). A batch is the rule's files
+    in one folder whose `group` renders the same value; it completes when its `marker`
+    appears, when every member its `manifest` lists is there, or after `quiet_seconds`
+    without a new or changed member."""
+
+    group: str = "{reldir}"
+    complete_when: Literal["marker", "manifest", "quiet"]
+    marker: str | None = Field(None, min_length=1)
+    manifest: str | None = Field(None, min_length=1)
+    # For "quiet", the quiet time; for "manifest", optional: how long after the manifest
+    # listed members may still be missing before the batch is reported with a failed
+    # `manifest` check naming them (without it, the batch waits for them).
+    quiet_seconds: float | None = Field(None, gt=0)
+
+    @field_validator("group")
+    @classmethod
+    def _group_shared(cls, template: str) -> str:
+        per_file = sorted(set(template_fields(template)) & PER_FILE_FIELDS)
+        if per_file:
+            raise ValueError(
+                f"uses the per-file field(s) {', '.join(per_file)}: every file would be "
+                "a batch of its own"
+            )
+        return template
+
+    @field_validator("marker", "manifest")
+    @classmethod
+    def _a_name_in_the_folder(cls, template: str | None) -> str | None:
+        if template is None:
+            return None
+        if "/" in template or template in (".", ".."):
+            raise ValueError(f"must be a file name in the batch's folder, got {template!r}")
+        per_file = sorted(set(template_fields(template)) & PER_FILE_FIELDS)
+        if per_file:
+            raise ValueError(f"uses the per-file field(s) {', '.join(per_file)}")
+        return template
+
+    @model_validator(mode="after")
+    def _completion_configured(self) -> BatchSettings:
+        needed = {"marker": "marker", "manifest": "manifest", "quiet": "quiet_seconds"}
+        key = needed[self.complete_when]
+        if getattr(self, key) is None:
+            raise ValueError(f"{key} is required when complete_when = {self.complete_when!r}")
+        return self
+
+    @property
+    def control_templates(self) -> tuple[str, ...]:
+        """Templates of the files that complete a batch and are never members."""
+        return tuple(t for t in (self.marker, self.manifest) if t is not None)
+
+
+def folder_groups(regex: re.Pattern[str] | None) -> frozenset[str]:
+    """The regex's named groups that match in a file's folder part, not its name: those
+    start before the pattern's last `/` (a heuristic on the pattern text, stated in the
+    README: write a batch rule's regex with its folder part before a literal `/`)."""
+    if regex is None:
+        return frozenset()
+    pattern = regex.pattern
+    last_slash = pattern.rfind("/")
+    return frozenset(
+        name for name in regex.groupindex if 0 <= pattern.find(f"(?P<{name}>") < last_slash
+    )
+
+
+def batch_problems(index: int, rule: WatchRule) -> list[str]:
+    """Templates of a batch rule that need a field only one file has (SPEC 13), one
+    problem per key."""
+    batch = rule.batch
+    if batch is None:
+        return []
+    regex_groups = set(rule.regex.groupindex) if rule.regex else set()
+    shared = BATCH_FIELDS | folder_groups(rule.regex) | set(template_fields(batch.group))
+    problems = []
+    templates = {
+        "asset_key": rule.asset_key,
+        "partition": rule.partition,
+        "description": rule.description,
+        "batch.group": batch.group,
+        "batch.marker": batch.marker,
+        "batch.manifest": batch.manifest,
+    }
+    for key, template in templates.items():
+        if template is None:
+            continue
+        used = template_fields(template)
+        unknown = [f for f in used if f not in FILE_FIELDS and f not in regex_groups]
+        if unknown and key.startswith("batch."):  # the rule's own templates say so already
+            known = ", ".join(sorted(FILE_FIELDS | regex_groups))
+            problems.append(
+                f"watch[{index}].{key}: unknown template field(s) "
+                f"{', '.join(sorted(set(unknown)))}; known: {known}"
+            )
+            continue
+        # The group's own regex groups define the batch; the other templates get what
+        # the members of one batch surely share.
+        shared_here = BATCH_FIELDS | regex_groups if key == "batch.group" else shared
+        wrong = [
+            f for f in used if f not in shared_here and (f in FILE_FIELDS or f in regex_groups)
+        ]
+        if wrong:
+            problems.append(
+                f"watch[{index}].{key}: needs the per-file field(s) "
+                f"{', '.join(sorted(set(wrong)))}; a batch renders it from what its members "
+                f"share: {', '.join(sorted(shared_here))}"
+            )
+    if rule.ready_marker is not None:
+        problems.append(
+            f"watch[{index}].ready_marker: a batch rule completes by batch.complete_when; "
+            "use batch.marker instead"
+        )
+    if rule.expect is not None:
+        problems.append(f"watch[{index}].expect: not supported on a batch rule yet")
+    if batch.complete_when == "manifest" and any(c.check_name == "manifest" for c in rule.checks):
+        problems.append(
+            f"watch[{index}].checks: a check is named 'manifest', the name of the check a "
+            "batch manifest implies; give it another `name`"
+        )
+    return problems
+
+
 # Fields an expected rule's asset key may use: a missed file has no name to render.
 EXPECT_ASSET_FIELDS = frozenset({"rule", "host"})
 
@@ -341,6 +469,7 @@ class WatchRule(RuleDefaults):
     # (GraphQL addDynamicPartition) before its first report.
     dynamic_partitions: str | None = Field(None, min_length=1)
     expect: ExpectSettings | None = None
+    batch: BatchSettings | None = None
 
     @field_validator("expect")
     @classmethod
@@ -486,6 +615,8 @@ class Config(BaseSettings):
                 if key not in rule.model_fields_set:
                     setattr(rule, key, getattr(self.defaults, key))
         problems = duplicate_rule_names(rule.rule_name for rule in self.watch)
+        for index, rule in enumerate(self.watch, start=1):
+            problems += batch_problems(index, rule)
         problems += missing_location(
             [rule.dynamic_partitions for rule in self.watch], self.dagster.location
         )

@@ -73,6 +73,7 @@ class _Asset:
     rule: Rule
     checks: dict[str, CheckSettings] = field(default_factory=dict)
     expected: dict[str, ExpectSettings] = field(default_factory=dict)  # by check name
+    manifest: str | None = None  # a batch rule's manifest template: its `manifest` check
 
 
 def build_definitions(
@@ -135,6 +136,9 @@ def definitions_for(
             asset.checks.setdefault(check.check_name, check)
         if rule.settings.expect is not None:
             asset.expected.setdefault(rule.settings.expect.check_name, rule.settings.expect)
+        batch = rule.settings.batch
+        if batch is not None and batch.complete_when == "manifest" and asset.manifest is None:
+            asset.manifest = batch.manifest
     specs = [_asset_spec(asset, host, group_name) for asset in assets.values()]
     if config.heartbeat.enabled if heartbeat is None else heartbeat:
         for name in heartbeat_hosts or [host]:
@@ -149,7 +153,7 @@ def definitions_for(
     checks = [
         _checks_definition(asset, index)
         for index, asset in enumerate(assets.values(), start=1)
-        if asset.checks or asset.expected
+        if asset.checks or asset.expected or asset.manifest
     ]
     return dg.Definitions(assets=specs, asset_checks=checks)
 
@@ -352,6 +356,18 @@ def _checks_definition(asset: _Asset, index: int) -> dg.AssetChecksDefinition:
                 f"severity {expect.severity} when missed."
             ),
             metadata={"type": "arrived_on_time", "cron": expect.cron, "timezone": expect.timezone},
+        )
+
+    if asset.manifest is not None:
+        specs["manifest"] = dg.AssetCheckSpec(
+            "manifest",
+            asset=dg.AssetKey(list(asset.key)),
+            description=(
+                f"Every member the batch's manifest ({asset.manifest}) lists is present with "
+                "the listed size and digest, and no unlisted member; evaluated once per "
+                "batch, severity ERROR."
+            ),
+            metadata={"type": "manifest", "manifest": asset.manifest},
         )
 
     @dg.op(

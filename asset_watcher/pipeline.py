@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from asset_watcher.batches import BatchFolders
 from asset_watcher.errors import StateError
 from asset_watcher.fingerprint import file_stat, stat_of
 from asset_watcher.model import Change, ChangeKind, FileMatch, FileStat, Found
@@ -30,6 +31,9 @@ from asset_watcher.rules import Owners, Rule, owner
 from asset_watcher.settle import LinkRenames, MarkerWaits, Origin, Settled, Settler
 from asset_watcher.state import StateStore
 from asset_watcher.versions import (
+    BatchRecord,
+    BatchUnchanged,
+    BatchWaits,
     CarryOver,
     Decision,
     Look,
@@ -40,6 +44,7 @@ from asset_watcher.versions import (
     Skip,
     Touch,
     Versions,
+    describe_batch,
     describe_carry_over,
 )
 
@@ -57,6 +62,10 @@ IDLE_WAIT_SECONDS = 0.5
 STATE_RETRY_SECONDS = 30.0
 
 _STOP = object()
+_FILE_CHANGES = (
+    ChangeKind.CREATED, ChangeKind.WRITTEN, ChangeKind.MODIFIED, ChangeKind.MOVED,
+    ChangeKind.DELETED,
+)  # fmt: skip
 Item = Change | Found | object
 
 
@@ -103,6 +112,7 @@ class Pipeline:
         self._links = LinkRenames()
         self._waits = MarkerWaits()
         self._gone = RecentlyGone(clock)
+        self._batch_folders = BatchFolders(clock)  # [watch.batch] folders to look at, when
         self._in_batch = False
         self._queued_in_batch = False
         self.set_rules(rules)
@@ -117,7 +127,7 @@ class Pipeline:
 
     def set_rules(self, rules: Sequence[Rule]) -> None:
         """Swap in reloaded rules; they take effect for the next item."""
-        versions = Versions(self.store, rules, recently_gone=self._gone)
+        versions = Versions(self.store, rules, recently_gone=self._gone, clock=self.wall_clock)
         self._rules = _RuleSet(Owners(rules), versions)
 
     @property
@@ -145,6 +155,7 @@ class Pipeline:
                 handled += 1
                 item = self._poll() if handled < BATCH or stopping else None
             self.settle_due()
+            self.settle_batches()
         if self._waits:
             log.info("%d file(s) still wait for their ready marker", len(self._waits))
 
@@ -155,7 +166,8 @@ class Pipeline:
             return None
 
     def _next_item(self) -> Item | None:
-        deadline = self.settler.next_deadline()
+        deadlines = (self.settler.next_deadline(), self._batch_folders.next_deadline())
+        deadline = min((d for d in deadlines if d is not None), default=None)
         timeout = IDLE_WAIT_SECONDS
         if deadline is not None:
             timeout = min(timeout, max(0.0, deadline - self.settler.clock()))
@@ -219,7 +231,60 @@ class Pipeline:
 
     # -- changes -----------------------------------------------------------------------
 
+    # -- batches (SPEC 13): a change in a batch's folder makes the folder due ------------
+
+    def _batch_rule(self, path: str) -> Rule | None:
+        """The batch rule whose member, marker or manifest `path` is, if any."""
+        found = self._rules.owners(path)
+        if found is not None:
+            return found[0] if found[0].is_batch else None
+        return next((rule for rule in self.rules if rule.is_batch_control(path)), None)
+
+    def _batch_touched(self, *paths: str | None) -> bool:
+        """Make the batch folders of `paths` due once they settle; True when every one of
+        them is a batch's (nothing else to do with the change)."""
+        every = True
+        for path in paths:
+            rule = self._batch_rule(path) if path else None
+            if rule is None:
+                every = every and not path
+                continue
+            assert path is not None
+            folder = os.path.dirname(path)
+            self._batch_folders.touched(rule.name, folder, rule.settings.settle_seconds)
+        return every
+
+    def settle_batches(self) -> None:
+        """Decide each due batch folder, and apply it: record a completed batch with its
+        reports, remember what an incomplete one waits for (and look again when that is
+        time)."""
+        for rule_name, folder in self._batch_folders.due():
+            rule = self._rules.owners.rule(rule_name)
+            if rule is None or not rule.is_batch:
+                continue  # reloaded away
+            versions = self._rules.versions
+            try:
+                decisions = versions.decide_batches(rule, folder)
+                with self.store.batch():
+                    for decision in decisions:
+                        versions.apply_batch(decision)
+            except StateError as exc:
+                log.error("cannot record batches in %s, trying again later: %s",
+                          display_path(folder), exc)  # fmt: skip
+                self._batch_folders.later(rule_name, folder, STATE_RETRY_SECONDS)
+                continue
+            for decision in decisions:
+                if isinstance(decision, BatchRecord):
+                    self.counts.reported += 1
+                    self.on_queued()
+                elif isinstance(decision, BatchWaits) and decision.again_in_seconds is not None:
+                    self._batch_folders.later(rule_name, folder, decision.again_in_seconds)
+                if not isinstance(decision, BatchUnchanged) or decision.changed:
+                    log.info("%s", describe_batch(decision))
+
     def _found(self, item: Found) -> None:
+        if self._batch_touched(item.path):
+            return
         found = self._rules.owners(item.path)
         if found is None:
             return
@@ -230,6 +295,8 @@ class Pipeline:
 
     def _change(self, change: Change) -> None:
         kind = change.kind
+        if kind in _FILE_CHANGES and self._batch_touched(change.path, change.dest):
+            return
         if kind in (ChangeKind.WRITTEN, ChangeKind.CREATED, ChangeKind.MODIFIED):
             if kind is ChangeKind.WRITTEN:
                 self._links.closed(change.path, change.at)  # owned or not: a temporary name
@@ -258,6 +325,7 @@ class Pipeline:
             self._deleted(change.path)
             self._link_renamed(change.path, change.at)
         elif kind is ChangeKind.FOLDER_DELETED:
+            self._batch_folders.discard_under(change.path)
             for path in self.settler.discard_under(change.path):
                 self._waits.unpark(path)
             for path in self.store.known_under(change.path):
@@ -379,6 +447,9 @@ class Pipeline:
 
     def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
         """Ask what a quiet file is, and apply the answer."""
+        if rule.is_batch:  # reached through a rename: its batch decides
+            self._batch_touched(settled.path)
+            return
         known = self.store.known(settled.path)
         look = Look(arrival=settled.origin is Origin.WRITTEN)
         self._apply(self._rules.versions.decide(rule, match, settled.stat, known, look),

@@ -8,8 +8,10 @@ nor a `/`-joined string would.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
@@ -194,3 +196,81 @@ def reports_for_version(rule: Rule, match: FileMatch, print_: Fingerprint) -> li
             partition_add_report(match.asset_key, rule.settings.dynamic_partitions, match.partition)
         )
     return [*adds, report, *checks]
+
+
+# -- batches (SPEC 13) ------------------------------------------------------------------
+
+# The `files` list of a batch report stops here (`files_truncated` says so).
+BATCH_FILES_SHOWN = 1000
+
+
+@dataclass(frozen=True)
+class BatchMember:
+    """One fingerprinted member of a completed batch."""
+
+    name: str
+    print_: Fingerprint
+
+
+def batch_data_version(members: Sequence[BatchMember], algorithm: str) -> str | None:
+    """The hex digest (the rule's algorithm) of the sorted `name<TAB>digest` lines, each
+    ending in a newline: the same files give the same version. None without digests."""
+    if algorithm == "none":
+        return None
+    lines = sorted(f"{m.name}\t{m.print_.digest or ''}\n" for m in members)
+    digest = hashlib.new(algorithm)
+    for line in lines:
+        digest.update(line.encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def batch_metadata(
+    match: FileMatch,
+    members: Sequence[BatchMember],
+    *,
+    host: str,
+    static: Mapping[str, Any],
+) -> dict[str, Any]:
+    """SPEC 13's metadata; `match` is the batch's (its path the folder)."""
+    ordered = sorted(members, key=lambda m: m.name)
+    files = []
+    for member in ordered[:BATCH_FILES_SHOWN]:
+        entry: dict[str, Any] = {"name": member.name, "size_bytes": member.print_.stat.size}
+        if member.print_.digest is not None:
+            entry[member.print_.algorithm] = member.print_.digest
+        files.append(entry)
+    metadata: dict[str, Any] = dict(static)
+    metadata["path"] = utf8_path(match.path)
+    metadata["dagster/uri"] = file_uri(match.path, host)
+    metadata["file_count"] = len(ordered)
+    metadata["size_bytes"] = sum(m.print_.stat.size for m in ordered)
+    metadata["files"] = files
+    metadata["files_truncated"] = len(ordered) > BATCH_FILES_SHOWN
+    if ordered:
+        metadata["modified_at"] = iso_utc(max(m.print_.stat.mtime_ns for m in ordered))
+    metadata["host"] = host
+    metadata["rule"] = match.rule_name
+    return metadata
+
+
+def batch_reports(
+    rule: Rule,
+    match: FileMatch,
+    members: Sequence[BatchMember],
+    checks: Sequence[Report],
+) -> list[Report]:
+    """A completed batch's reports: (its partition's add), its one event, its checks."""
+    event = event_report(
+        rule.event,
+        match.asset_key,
+        metadata=batch_metadata(match, members, host=rule.host, static=rule.settings.metadata),
+        partition=match.partition,
+        description=match.description,
+        data_version=batch_data_version(members, rule.settings.hash),
+    )
+    adds = []
+    if rule.settings.dynamic_partitions is not None and match.partition is not None:
+        adds.append(
+            partition_add_report(match.asset_key, rule.settings.dynamic_partitions, match.partition)
+        )
+    return [*adds, event, *checks]

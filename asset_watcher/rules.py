@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from asset_watcher.config import Config, WatchRule
+from asset_watcher.config import BATCH_FIELDS, Config, WatchRule, folder_groups, template_fields
 from asset_watcher.globs import glob_to_regex, ignore_regex
 from asset_watcher.model import EventKind, FileMatch
 from asset_watcher.paths import display_path, relative_to
@@ -173,6 +173,61 @@ class Rule:
                 out.append(".*" if field in ("reldir", "suffix") else ".+")
         return re.compile("".join(out) + r"\Z", re.DOTALL)
 
+    # -- batches (SPEC 13) --------------------------------------------------------------
+
+    @property
+    def is_batch(self) -> bool:
+        return self.settings.batch is not None
+
+    @cached_property
+    def batch_shared_fields(self) -> frozenset[str]:
+        """The fields a batch's templates render from: what its members share."""
+        batch = self.settings.batch
+        if batch is None:
+            return frozenset()
+        return BATCH_FIELDS | folder_groups(self.settings.regex) | set(template_fields(batch.group))
+
+    def batch_group(self, match: FileMatch) -> tuple[str, dict[str, str]] | None:
+        """(group value, the batch's fields) of a member; None when the group does not render."""
+        batch = self.settings.batch
+        if batch is None:
+            return None
+        try:
+            group = batch.group.format_map(dict(match.fields))
+        except KeyError:
+            return None
+        shared = self.batch_shared_fields
+        return group, {k: v for k, v in match.fields.items() if k in shared}
+
+    @cached_property
+    def batch_control_regex(self) -> re.Pattern[str] | None:
+        """What the names of this rule's batch markers and manifests look like (each field
+        a wildcard, `rule` and `host` their values)."""
+        batch = self.settings.batch
+        if batch is None or not batch.control_templates:
+            return None
+        fixed = {"rule": self.name, "host": self.host}
+        alternatives = []
+        for template in batch.control_templates:
+            out = []
+            for literal, field, _, _ in string.Formatter().parse(template):
+                out.append(re.escape(literal))
+                if field is not None:
+                    out.append(re.escape(fixed[field]) if field in fixed else "[^/]*")
+            alternatives.append("".join(out))
+        return re.compile("(?:" + "|".join(alternatives) + r")\Z", re.DOTALL)
+
+    def is_batch_control(self, path: str) -> bool:
+        """Whether `path` is shaped like one of this rule's batch markers or manifests,
+        in a folder of the rule: never reported as a file."""
+        regex = self.batch_control_regex
+        if regex is None:
+            return False
+        rel = self.relative(path)
+        if rel is None or (not self.settings.recursive and "/" in rel):
+            return False
+        return bool(regex.match(rel.rsplit("/", 1)[-1]))
+
     def is_marker(self, path: str) -> bool:
         """Whether `path` is (shaped like) one of this rule's ready markers, which are
         never reported themselves."""
@@ -246,6 +301,11 @@ def explain(rules: Sequence[Rule], path: str) -> tuple[FileMatch | None, list[tu
     marker_of = marker_rule(rules, path)
     if marker_of is not None:
         return None, [(marker_of.name, "a ready marker of this rule; markers are not reported")]
+    control_of = next((rule for rule in rules if rule.is_batch_control(path)), None)
+    if control_of is not None:
+        return None, [
+            (control_of.name, "a batch marker or manifest of this rule; never reported as a file")
+        ]
     for rule in rules:
         found = rule.match(path)
         if isinstance(found, FileMatch):

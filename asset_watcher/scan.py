@@ -20,6 +20,10 @@ from asset_watcher.paths import display_path
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.state import KnownVersion, StateStore
 from asset_watcher.versions import (
+    BatchRecord,
+    BatchSkip,
+    BatchUnchanged,
+    BatchWaits,
     CarryOver,
     Look,
     Park,
@@ -29,6 +33,7 @@ from asset_watcher.versions import (
     Touch,
     Unchanged,
     Versions,
+    describe_batch,
     describe_carry_over,
 )
 
@@ -128,6 +133,10 @@ def scan(
     result = ScanResult()
     versions = Versions(store, rules)
     for rule in rules:
+        if rule.is_batch:
+            _scan_batches(rule, versions, result, force=force, dry_run=dry_run, emit=emit,
+                          progress=progress, clock=clock)  # fmt: skip
+            continue
         follow = rule.settings.follow_symlinks
         for folder, fd, entries in listing(rule):
             known = store.stat_keys_in_folder(folder) if entries else {}
@@ -158,6 +167,44 @@ def scan(
             if progress is not None:
                 progress(result.files_seen)
     return result
+
+
+def _scan_batches(
+    rule: Rule,
+    versions: Versions,
+    result: ScanResult,
+    *,
+    force: bool,
+    dry_run: bool,
+    emit: Callable[[Report, FileMatch], None] | None,
+    progress: Callable[[int], None] | None,
+    clock: Callable[[], float],
+) -> None:
+    """A batch rule's folders, each decided as a whole (SPEC 13): the same batches as
+    `run` sees; an incomplete one is left for a later scan (and `status` lists it)."""
+    for folder, _, entries in listing(rule):
+        result.files_seen += len(entries)
+        if not entries:
+            continue
+        look = Look(force=force, settle_at=clock())
+        for decision in versions.decide_batches(rule, folder, look):
+            if not dry_run:
+                versions.apply_batch(decision)
+            if isinstance(decision, BatchRecord):
+                result.reported += 1
+                log.info("%s", describe_batch(decision))
+                if emit is not None:
+                    for report in decision.reports:
+                        emit(report, decision.match)
+            elif isinstance(decision, BatchUnchanged):
+                result.unchanged += 1
+                if decision.changed:
+                    log.info("%s", describe_batch(decision))
+            elif isinstance(decision, (BatchWaits, BatchSkip)):
+                result.skipped += 1
+                log.info("%s", describe_batch(decision))
+        if progress is not None:
+            progress(result.files_seen)
 
 
 def _scan_file(

@@ -194,3 +194,30 @@ def test_a_dynamic_partitions_rule_declares_its_definition(
     orders = graph.get(dg.AssetKey(["acme", "orders"])).partitions_def
     assert orders == dg.DynamicPartitionsDefinition(name="acme_days")
     assert graph.get(dg.AssetKey(["acme", "plain"])).partitions_def is None
+
+
+def test_a_manifest_batch_declares_its_manifest_check(
+    tmp_path: Path, config_file: Callable[[str], Path]
+) -> None:
+    config = config_file(
+        f"""
+        [[watch]]
+        name = "deliveries"
+        path = "{tmp_path}"
+        asset_key = "partner/deliveries"
+        [watch.batch]
+        complete_when = "manifest"
+        manifest = "MANIFEST.json"
+        [[watch.checks]]
+        type = "size"
+        min_bytes = 1
+        """
+    )
+    graph = build_definitions(config, host="data01").resolve_asset_graph()
+    key = dg.AssetKey(["partner", "deliveries"])
+    assert set(graph.asset_check_keys) == {
+        dg.AssetCheckKey(key, "size"),
+        dg.AssetCheckKey(key, "manifest"),
+    }
+    spec = graph.get_check_spec(dg.AssetCheckKey(key, "manifest"))
+    assert spec.metadata["manifest"] == "MANIFEST.json"

@@ -117,7 +117,7 @@ class Pipeline:
 
     def set_rules(self, rules: Sequence[Rule]) -> None:
         """Swap in reloaded rules; they take effect for the next item."""
-        versions = Versions(self.store, rules, recently_gone=self._gone)
+        versions = Versions(self.store, rules, recently_gone=self._gone, clock=self.wall_clock)
         self._rules = _RuleSet(Owners(rules), versions)
 
     @property
@@ -145,6 +145,7 @@ class Pipeline:
                 handled += 1
                 item = self._poll() if handled < BATCH or stopping else None
             self.settle_due()
+            self.waits_due()
         if self._waits:
             log.info("%d file(s) still wait for their ready marker", len(self._waits))
 
@@ -194,6 +195,14 @@ class Pipeline:
                 self._in_batch = False
             if self._queued_in_batch:
                 self.on_queued()  # once the batch is committed: the deliverer can read it
+
+    def waits_due(self) -> None:
+        """Decide again on files whose wait for a checksum sidecar is over: they are
+        reported now, their check saying the sidecar is missing."""
+        for settled in self._waits.expired(self.wall_clock()):
+            found = self._rules.owners(settled.path)
+            if found is not None:
+                self._complete(settled, *found)
 
     def _settle(self, path: str) -> None:
         try:
@@ -395,9 +404,9 @@ class Pipeline:
                 self.counts.moved += 1
                 log.info("%s", describe_carry_over(match, decision))
         elif isinstance(decision, Park):
-            log.info("%s is complete; waiting for its ready marker %s",
-                     display_path(path), display_path(decision.marker))  # fmt: skip
-            self._waits.park(decision.marker, settled)
+            log.info("%s is complete; waiting for its %s %s", display_path(path),
+                     decision.what, display_path(decision.marker))  # fmt: skip
+            self._waits.park(decision.marker, settled, decision.until)
         elif isinstance(decision, Retry):
             self.settler.restart(path, decision.stat, decision.after_seconds, settled.origin)
         elif isinstance(decision, Skip):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from asset_watcher.fingerprint import stat_of
 from asset_watcher.model import FileMatch, FileStat, Report
 from asset_watcher.paths import display_path
+from asset_watcher.reports import iso_utc
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.state import KnownVersion, StateStore
 from asset_watcher.versions import (
@@ -206,5 +207,8 @@ def _scan_file(
 
 def _skip_reason(decision: Park | Retry | Skip) -> str:
     if isinstance(decision, Park):
-        return f"waiting for its ready marker {display_path(decision.marker)}"
+        reason = f"waiting for its {decision.what} {display_path(decision.marker)}"
+        if decision.until is not None:
+            reason += f" until {iso_utc(int(decision.until * 1e9))}"
+        return reason
     return decision.reason

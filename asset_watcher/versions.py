@@ -13,7 +13,8 @@ The order of the questions is the same for both:
 3. no version under this name, but one under a name that is gone now (same inode, size
    and mtime, same rule, asset key and partition: a rename nobody paired) → CarryOver
 4. (scan only) modified within the settle time → Skip
-5. its ready marker is missing → Park
+5. its ready marker is missing, or its checksum sidecar is and `wait_seconds` has not
+   passed since the file's last change → Park
 6. it cannot be read whole (written meanwhile, still open, unreadable) → Retry or Skip
 7. only the ctime moved and the content is the same (chmod, chown) → Touch
 8. otherwise → Record, with its reports
@@ -79,9 +80,12 @@ class CarryOver:
 
 @dataclass(frozen=True)
 class Park:
-    """Complete, but its ready marker is missing: wait for the marker."""
+    """Complete, but its ready marker (or checksum sidecar) is missing: wait for `marker`,
+    the path of what it waits for; a sidecar only `until` (wall clock), then decide again."""
 
     marker: str
+    what: str = "ready marker"
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,7 @@ def read_version(rule: Rule, match: FileMatch) -> Fingerprint | _Unreadable:
                 if rule.settings.follow_symlinks
                 else os.path.join(rule.real_root, match.relpath)
             ),
+            extra_algorithms=rule.extra_algorithms,
         )
     except FileChangedError:
         return _Unreadable("still being written", being_written=True)
@@ -254,6 +259,9 @@ class Versions:
         marker = rule.marker_for(match)
         if marker is not None and not os.path.lexists(marker):
             return Park(marker)
+        waiting = self.sidecar_wait(rule, match, stat)
+        if waiting is not None:
+            return waiting
         print_ = read_version(rule, match)
         if isinstance(print_, _Unreadable):
             now = file_stat(match.path, follow)
@@ -267,6 +275,20 @@ class Versions:
         if content_decides and known is not None and print_.digest == known.digest:
             return Touch(print_.stat)
         return Record(print_, tuple(reports_for_version(rule, match, print_)))
+
+    def sidecar_wait(self, rule: Rule, match: FileMatch, stat: FileStat) -> Park | None:
+        """The checksum sidecar the file still waits for: missing (or empty: created, not
+        written yet) while `wait_seconds` have not passed since the file last changed.
+        That is its ctime, the write or the rename into place: the same in `run` and
+        `scan` and across restarts, and never in the future like a sender's mtime."""
+        for check in rule.checksum_checks:
+            sidecar = rule.sidecar_for(match, check)
+            if sidecar is None or _has_content(sidecar):
+                continue
+            until = stat.ctime_ns / 1e9 + check.wait_seconds
+            if self.clock() < until:
+                return Park(sidecar, what="checksum sidecar", until=until)
+        return None
 
     def _carried_over(self, match: FileMatch, stat: FileStat) -> CarryOver | None:
         """A reported file renamed while nobody watched (or where inotify could not pair
@@ -313,6 +335,13 @@ class Versions:
                 match.path, match.rule_name, print_.stat, print_.digest, reports, windows
             )
         metrics.file_detected()
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def describe_carry_over(match: FileMatch, decision: CarryOver) -> str:

@@ -10,6 +10,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
     "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "expect",
+    "sidecars",
     "config", "metrics", "rules", "fingerprint", "checks", "reports", "state", "heartbeat",
     "arrivals", "versions", "scan", "scanner", "settle", "watchdog_hooks", "observe",
     "deadlines", "reporter", "delivery",

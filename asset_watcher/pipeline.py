@@ -246,6 +246,7 @@ class Pipeline:
             if kind is ChangeKind.CREATED:
                 self._created(change)
                 return
+            self._sidecar_written(change.path)
             found = self._rules.owners(change.path)
             if found is None:
                 return
@@ -314,6 +315,7 @@ class Pipeline:
 
     def _moved(self, source: str, destination: str, at: float) -> None:
         self._marker_appeared(destination)
+        self._sidecar_written(destination)
         carried = self.settler.moved(source, destination)
         parked = self._waits.unpark(source)
         dest = self._rules.owners(destination)
@@ -383,6 +385,24 @@ class Pipeline:
             found = self._rules.owners(settled.path)
             if found is not None:
                 self._complete(settled, *found)
+
+    def _sidecar_written(self, path: str) -> None:
+        """A checksum sidecar was written (or renamed into place): the reported files
+        whose checks read it are evaluated again, the checks alone (SPEC 14)."""
+        if not any(rule.is_sidecar(path) for rule in self.rules):
+            return
+        for data in self.store.sidecar_readers(path):
+            found = self._rules.owners(data)
+            known = self.store.known(data)
+            if found is None or known is None:
+                continue
+            rule, match = found
+            recheck = self._rules.versions.recheck(rule, match, known)
+            if recheck is not None:
+                self._rules.versions.apply_recheck(match, recheck)
+                log.info("%s: its checksum sidecar %s changed; check evaluated again",
+                         display_path(data), display_path(path))  # fmt: skip
+                self._queued()
 
     # -- a settled file ----------------------------------------------------------------
 

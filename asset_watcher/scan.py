@@ -42,6 +42,7 @@ class ScanResult:
     unchanged: int = 0
     reported: int = 0  # file versions (each may carry several reports)
     skipped: int = 0
+    rechecked: int = 0  # reported files whose checksum sidecar arrived or changed since
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,8 @@ def scan(
                     (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
                 ):
                     unchanged += 1
+                    if rule.checksum_checks:
+                        _recheck(rule, versions, f"{folder}/{entry.name}", result, dry_run, emit)
                     continue
                 path = f"{folder}/{entry.name}"
                 candidate = Candidate(path, folder, entry.name, stat_of(st))
@@ -203,6 +206,32 @@ def _scan_file(
     else:  # a walk has no one to wait: what `run` parks or retries, a scan skips
         log.info("skipped %s: %s", display_path(candidate.path), _skip_reason(decision))
         result.skipped += 1
+
+
+def _recheck(
+    rule: Rule,
+    versions: Versions,
+    path: str,
+    result: ScanResult,
+    dry_run: bool,
+    emit: Callable[[Report, FileMatch], None] | None,
+) -> None:
+    """An unchanged file's checksum checks again, when a sidecar arrived or changed since
+    they read it (SPEC 14): one stat per sidecar, a read only when one changed."""
+    match = owner(versions.rules, path)
+    known = versions.store.known(path)
+    if match is None or match.rule_name != rule.name or known is None:
+        return
+    decision = versions.recheck(rule, match, known)
+    if decision is None:
+        return
+    if not dry_run:
+        versions.apply_recheck(match, decision)
+    result.rechecked += 1
+    log.info("%s: its checksum sidecar changed; check evaluated again", display_path(path))
+    if emit is not None:
+        for report in decision.reports:
+            emit(report, match)
 
 
 def _skip_reason(decision: Park | Retry | Skip) -> str:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 from asset_watcher import metrics
 from asset_watcher.arrivals import expectations, file_arrival, with_arrival
+from asset_watcher.checks import evaluate
+from asset_watcher.config import ChecksumCheck
 from asset_watcher.fingerprint import (
     FileChangedError,
     NotRegularFileError,
@@ -41,9 +43,9 @@ from asset_watcher.fingerprint import (
 )
 from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
 from asset_watcher.paths import display_path, through_link
-from asset_watcher.reports import reports_for_version
+from asset_watcher.reports import check_report, reports_for_version
 from asset_watcher.rules import Rule, owner
-from asset_watcher.state import KnownVersion, StateStore, Window
+from asset_watcher.state import KnownVersion, SidecarSeen, StateStore, Window
 
 # How soon a file closed after writing but still open for writing is looked at again.
 STILL_OPEN_RETRY_SECONDS = 1.0
@@ -107,10 +109,21 @@ class Skip:
 
 @dataclass(frozen=True)
 class Record:
-    """A new version: store it and queue its reports."""
+    """A new version: store it and queue its reports; `sidecars` are what its checksum
+    checks read (remembered, so a later change of one re-evaluates its check)."""
 
     fingerprint: Fingerprint
     reports: tuple[Report, ...]
+    sidecars: tuple[SidecarSeen, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """Not a new version, but a checksum sidecar of it arrived or changed since it was
+    reported: queue these check evaluations alone (SPEC 14)."""
+
+    reports: tuple[Report, ...]
+    sidecars: tuple[SidecarSeen, ...]
 
 
 Decision = Unchanged | Touch | CarryOver | Park | Retry | Skip | Record
@@ -262,6 +275,8 @@ class Versions:
         waiting = self.sidecar_wait(rule, match, stat)
         if waiting is not None:
             return waiting
+        # Looked at before the checks read them: a sidecar changing meanwhile is seen again.
+        sidecars = tuple(sidecar_seen(rule, match, check) for check in rule.checksum_checks)
         print_ = read_version(rule, match)
         if isinstance(print_, _Unreadable):
             now = file_stat(match.path, follow)
@@ -274,7 +289,7 @@ class Versions:
             return Skip(print_.reason)
         if content_decides and known is not None and print_.digest == known.digest:
             return Touch(print_.stat)
-        return Record(print_, tuple(reports_for_version(rule, match, print_)))
+        return Record(print_, tuple(reports_for_version(rule, match, print_)), sidecars)
 
     def sidecar_wait(self, rule: Rule, match: FileMatch, stat: FileStat) -> Park | None:
         """The checksum sidecar the file still waits for: missing (or empty: created, not
@@ -289,6 +304,59 @@ class Versions:
             if self.clock() < until:
                 return Park(sidecar, what="checksum sidecar", until=until)
         return None
+
+    def recheck(self, rule: Rule, match: FileMatch, known: KnownVersion) -> Recheck | None:
+        """The checksum checks to evaluate again for a reported, unchanged file: those
+        whose sidecar arrived or changed since they read it. None when there are none,
+        or when the file itself changed (its new version brings its checks)."""
+        if not rule.checksum_checks:
+            return None
+        before = self.store.sidecars_seen(match.path)
+        changed: list[tuple[ChecksumCheck, SidecarSeen]] = []
+        for check in rule.checksum_checks:
+            seen = before.get(check.check_name)
+            if seen is None:
+                continue  # never read for this version (an earlier release, a rename)
+            now = sidecar_seen(rule, match, check)
+            if now.key is not None and now != seen:
+                changed.append((check, now))
+        if not changed:
+            return None
+        print_ = self._digests(rule, match, known, {c.digest_algorithm for c, _ in changed})
+        if print_ is None:
+            return None
+        follow = rule.settings.follow_symlinks
+        reports = []
+        for check, _ in changed:
+            result = evaluate(check, match, print_, follow_symlinks=follow, rule=rule)
+            reports.append(
+                check_report(
+                    match.asset_key,
+                    result.check_name,
+                    passed=result.passed,
+                    severity=result.severity,
+                    metadata={**result.metadata, "reevaluated": True},
+                    partition=match.partition,
+                )
+            )
+        return Recheck(tuple(reports), tuple(seen for _, seen in changed))
+
+    def _digests(
+        self, rule: Rule, match: FileMatch, known: KnownVersion, algorithms: set[str]
+    ) -> Fingerprint | None:
+        """The reported version's digests in `algorithms`: the stored one when that is
+        all, else from one more read (which must find the same version)."""
+        if algorithms == {rule.settings.hash} and known.digest is not None:
+            return Fingerprint(known.stat, rule.settings.hash, known.digest)
+        print_ = read_version(rule, match)
+        if isinstance(print_, _Unreadable) or not print_.stat.same_version(known.stat):
+            return None
+        if known.digest is not None and print_.digest != known.digest:
+            return None
+        return print_
+
+    def apply_recheck(self, match: FileMatch, decision: Recheck) -> None:
+        self.store.note_sidecars(match.path, decision.sidecars, decision.reports)
 
     def _carried_over(self, match: FileMatch, stat: FileStat) -> CarryOver | None:
         """A reported file renamed while nobody watched (or where inotify could not pair
@@ -334,7 +402,17 @@ class Versions:
             self.store.record_version(
                 match.path, match.rule_name, print_.stat, print_.digest, reports, windows
             )
+        if decision.sidecars:
+            self.store.note_sidecars(match.path, decision.sidecars)
         metrics.file_detected()
+
+
+def sidecar_seen(rule: Rule, match: FileMatch, check: ChecksumCheck) -> SidecarSeen:
+    """A checksum check's sidecar as it is now; its key None while missing or empty."""
+    sidecar = rule.sidecar_for(match, check) or ""
+    stat = file_stat(sidecar, follow_symlinks=True) if sidecar else None
+    key = stat.key if stat is not None and stat.size > 0 else None
+    return SidecarSeen(check.check_name, sidecar, key)
 
 
 def _has_content(path: str) -> bool:

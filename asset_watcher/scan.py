@@ -128,7 +128,7 @@ def scan(
 ) -> ScanResult:
     """Report every new or changed file owned by `rules` (all of them with `force`)."""
     result = ScanResult()
-    versions = Versions(store, rules)
+    versions = Versions(store, rules, clock=clock)  # the same now for settle and sidecar waits
     for rule in rules:
         follow = rule.settings.follow_symlinks
         for folder, fd, entries in listing(rule):

@@ -296,14 +296,7 @@ class Versions:
         written yet) while `wait_seconds` have not passed since the file last changed.
         That is its ctime, the write or the rename into place: the same in `run` and
         `scan` and across restarts, and never in the future like a sender's mtime."""
-        for check in rule.checksum_checks:
-            sidecar = rule.sidecar_for(match, check)
-            if sidecar is None or _has_content(sidecar):
-                continue
-            until = stat.ctime_ns / 1e9 + check.wait_seconds
-            if self.clock() < until:
-                return Park(sidecar, what="checksum sidecar", until=until)
-        return None
+        return sidecar_wait(rule, match, stat, self.clock())
 
     def recheck(self, rule: Rule, match: FileMatch, known: KnownVersion) -> Recheck | None:
         """The checksum checks to evaluate again for a reported, unchanged file: those
@@ -405,6 +398,18 @@ class Versions:
         if decision.sidecars:
             self.store.note_sidecars(match.path, decision.sidecars)
         metrics.file_detected()
+
+
+def sidecar_wait(rule: Rule, match: FileMatch, stat: FileStat, now: float) -> Park | None:
+    """`Versions.sidecar_wait` at `now` (also what `explain` says)."""
+    for check in rule.checksum_checks:
+        sidecar = rule.sidecar_for(match, check)
+        if sidecar is None or _has_content(sidecar):
+            continue
+        until = stat.ctime_ns / 1e9 + check.wait_seconds
+        if now < until:
+            return Park(sidecar, what="checksum sidecar", until=until)
+    return None
 
 
 def sidecar_seen(rule: Rule, match: FileMatch, check: ChecksumCheck) -> SidecarSeen:

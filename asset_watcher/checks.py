@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from asset_watcher.config import (
     CheckSettings,
+    ChecksumCheck,
     CsvHeaderCheck,
     GzipCheck,
     JsonCheck,
@@ -33,6 +34,7 @@ from asset_watcher.config import (
 from asset_watcher.model import FileMatch, Fingerprint
 from asset_watcher.paths import display_path, utf8_path
 from asset_watcher.rules import Rule
+from asset_watcher.sidecars import SIDECAR_MAX_BYTES, expected_digest
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +220,63 @@ def _gzip(check: GzipCheck, match: FileMatch, print_: Fingerprint, follow: bool)
     return True, {"compressed_bytes": print_.stat.size, "uncompressed_bytes": uncompressed}
 
 
+# -- checksum sidecars (SPEC 14) ------------------------------------------------------------
+
+
+class SidecarMissing(CheckCannotRun):
+    """The sidecar does not exist (yet)."""
+
+
+def read_sidecar(path: str, follow: bool) -> str:
+    """A sidecar's text (names decoded as file names are), or why it cannot be had."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise SidecarMissing(f"the sidecar {utf8_path(path)} is missing") from None
+    except OSError as exc:
+        raise CheckCannotRun(f"cannot read the sidecar: {exc.strerror or exc}") from None
+    with os.fdopen(fd, "rb") as handle:
+        now = os.fstat(fd)
+        if not stat_module.S_ISREG(now.st_mode):
+            raise CheckCannotRun("the sidecar is not a regular file")
+        if now.st_size > SIDECAR_MAX_BYTES:
+            raise CheckCannotRun(f"the sidecar has {now.st_size} bytes, more than a sidecar has")
+        try:
+            data = handle.read(SIDECAR_MAX_BYTES + 1)
+        except OSError as exc:
+            raise CheckCannotRun(f"cannot read the sidecar: {exc.strerror or exc}") from None
+    return data.decode("utf-8", "surrogateescape")
+
+
+def checksum_outcome(
+    check: ChecksumCheck, match: FileMatch, print_: Fingerprint, sidecar: str | None, follow: bool
+) -> Outcome:
+    """Compare the file's digest with its sidecar's. A missing, unreadable or unfitting
+    sidecar is a failed check whose `error` says why (never one that could not run:
+    the file itself was read fine)."""
+    algorithm = check.digest_algorithm
+    actual = print_.digest_in(algorithm)
+    metadata: dict[str, Any] = {"algorithm": algorithm, "actual": actual}
+    if sidecar is None:
+        return False, {**metadata, "error": f"the sidecar template {check.sidecar!r} cannot render"}
+    metadata["sidecar"] = utf8_path(sidecar)
+    if actual is None:
+        raise CheckCannotRun(f"the file's {algorithm} digest was not computed")
+    try:
+        text = read_sidecar(sidecar, follow)
+    except SidecarMissing as exc:
+        return False, {**metadata, "error": str(exc), "sidecar_missing": True}
+    except CheckCannotRun as exc:
+        return False, {**metadata, "error": str(exc)}
+    name = os.path.basename(match.path)
+    try:
+        expected = expected_digest(text, name, match.relpath, algorithm)
+    except ValueError as exc:
+        return False, {**metadata, "error": str(exc)}
+    return expected == actual, {**metadata, "expected": expected}
+
+
 EVALUATORS: Mapping[str, Callable[[Any, FileMatch, Fingerprint, bool], Outcome]] = {
     "size": _size,
     "name_regex": _name_regex,
@@ -229,11 +288,21 @@ EVALUATORS: Mapping[str, Callable[[Any, FileMatch, Fingerprint, bool], Outcome]]
 
 
 def evaluate(
-    check: CheckSettings, match: FileMatch, print_: Fingerprint, *, follow_symlinks: bool = False
+    check: CheckSettings,
+    match: FileMatch,
+    print_: Fingerprint,
+    *,
+    follow_symlinks: bool = False,
+    rule: Rule | None = None,
 ) -> CheckResult:
-    """Run one check on one fingerprinted file; a check that cannot run fails with its reason."""
+    """Run one check on one fingerprinted file; a check that cannot run fails with its reason.
+    A checksum check needs the `rule` (where its sidecar lies)."""
     try:
-        passed, metadata = EVALUATORS[check.type](check, match, print_, follow_symlinks)
+        if isinstance(check, ChecksumCheck):
+            sidecar = rule.sidecar_for(match, check) if rule is not None else None
+            passed, metadata = checksum_outcome(check, match, print_, sidecar, follow_symlinks)
+        else:
+            passed, metadata = EVALUATORS[check.type](check, match, print_, follow_symlinks)
     except CheckCannotRun as exc:
         passed, metadata = False, {"error": str(exc), "check_could_not_run": True}
     except Exception as exc:  # a bug here must not cost the file its report
@@ -247,5 +316,6 @@ def run_checks(rule: Rule, match: FileMatch, print_: Fingerprint) -> list[CheckR
     """Every check of the rule on one completed file version, in configured order."""
     follow = rule.settings.follow_symlinks
     return [
-        evaluate(check, match, print_, follow_symlinks=follow) for check in rule.settings.checks
+        evaluate(check, match, print_, follow_symlinks=follow, rule=rule)
+        for check in rule.settings.checks
     ]

@@ -355,6 +355,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
             print(f"  ready marker: {display_path(marker)}")
         for check in rule.settings.checks:
             print(f"  check: {check.check_name} ({check.type}, {check.severity})")
+        _explain_sidecars(rule, match)
         _explain_expectation(rule)
         if rule.is_batch:
             _explain_batch(config, rules, rule, path)
@@ -379,6 +380,29 @@ def _explain_batch(config: Config, rules: Any, rule: Any, path: str) -> None:
         print(f"  {describe_batch(decision)}")
         if isinstance(decision, BatchWaits):
             print(f"    incomplete for {time.time() - decision.since:.0f}s")
+
+
+def _explain_sidecars(rule: Any, match: Any) -> None:
+    from asset_watcher.fingerprint import file_stat
+    from asset_watcher.paths import display_path
+    from asset_watcher.reports import iso_utc
+    from asset_watcher.versions import sidecar_wait
+
+    for check in rule.checksum_checks:
+        sidecar = rule.sidecar_for(match, check)
+        present = sidecar is not None and os.path.exists(sidecar)
+        print(
+            f"  checksum sidecar ({check.check_name}, {check.digest_algorithm}): "
+            f"{display_path(sidecar or '(cannot render)')}"
+            f" ({'present' if present else 'missing'}; waited for up to {check.wait_seconds:g}s)"
+        )
+    stat = file_stat(match.path, rule.settings.follow_symlinks)
+    waiting = sidecar_wait(rule, match, stat, time.time()) if stat is not None else None
+    if waiting is not None and waiting.until is not None:
+        print(
+            f"  waits for its sidecar {display_path(waiting.marker)} until "
+            f"{iso_utc(int(waiting.until * 1e9))}, then is reported with the check failed"
+        )
 
 
 def _explain_expectation(rule: Any) -> None:

@@ -38,6 +38,7 @@ from pydantic_settings import (
 from asset_watcher.errors import ConfigError
 from asset_watcher.expect import check_cron, check_partition, host_zone_name, zone
 from asset_watcher.globs import check_ranges, glob_to_regex, ignore_regex
+from asset_watcher.sidecars import ALGORITHMS, algorithm_from_name
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -252,11 +253,43 @@ class GzipCheck(_CheckBase):
     type: Literal["gzip"]
 
 
+class ChecksumCheck(_CheckBase):
+    """The file's digest equals the one its sidecar gives (SPEC 14)."""
+
+    type: Literal["checksum"]
+    # Relative to the rule's path, like ready_marker; its fields are checked against the
+    # rule's (regex groups included) when the whole Config is validated.
+    sidecar: str = Field(min_length=1)
+    # None only until the Config is validated: then the sidecar's suffix, else the rule's hash.
+    algorithm: Literal["md5", "sha1", "sha256", "sha512", "blake2b"] | None = None
+    wait_seconds: float = Field(300.0, ge=0, le=7 * 24 * 3600)
+
+    @field_validator("sidecar")
+    @classmethod
+    def _template_parses(cls, template: str) -> str:
+        template_fields(template)  # malformed templates raise, naming what is wrong
+        if not template.strip("/"):
+            raise ValueError("must name a file relative to the rule's path")
+        return template
+
+    @property
+    def digest_algorithm(self) -> str:
+        if self.algorithm is None:  # pragma: no cover - resolved by Config
+            raise RuntimeError("checksum algorithm not resolved")
+        return self.algorithm
+
+
 CheckSettings = Annotated[
-    SizeCheck | NameRegexCheck | CsvHeaderCheck | RowCountCheck | JsonCheck | GzipCheck,
+    SizeCheck
+    | NameRegexCheck
+    | CsvHeaderCheck
+    | RowCountCheck
+    | JsonCheck
+    | GzipCheck
+    | ChecksumCheck,
     Field(discriminator="type"),
 ]
-CHECK_TYPES = ("size", "name_regex", "csv_header", "row_count", "json", "gzip")
+CHECK_TYPES = ("size", "name_regex", "csv_header", "row_count", "json", "gzip", "checksum")
 
 
 def _ignore_pattern(pattern: str) -> str:
@@ -617,6 +650,7 @@ class Config(BaseSettings):
         problems = duplicate_rule_names(rule.rule_name for rule in self.watch)
         for index, rule in enumerate(self.watch, start=1):
             problems += batch_problems(index, rule)
+            problems += resolve_checksums(rule, index)
         problems += missing_location(
             [rule.dynamic_partitions for rule in self.watch], self.dagster.location
         )
@@ -646,6 +680,35 @@ def duplicate_rule_names(names: Iterable[object]) -> list[str]:
                 f"watch[{index}].name: duplicate rule name {name!r} (also watch[{seen[name]}])"
             )
         seen.setdefault(name, index)
+    return problems
+
+
+def resolve_checksums(rule: WatchRule, index: int) -> list[str]:
+    """Check each `checksum` check's sidecar template against the rule's fields and
+    settle its algorithm (after [defaults] filled in the rule's hash); the problems."""
+    problems = []
+    known = FILE_FIELDS | set(rule.regex.groupindex if rule.regex else ())
+    for number, check in enumerate(rule.checks, start=1):
+        if not isinstance(check, ChecksumCheck):
+            continue
+        key = f"watch[{index}].checks[{number}]"
+        unknown = [field for field in template_fields(check.sidecar) if field not in known]
+        if unknown:
+            problems.append(
+                f"{key}.sidecar: unknown template field {{{unknown[0]}}}; "
+                f"known: {', '.join(sorted(known))}"
+            )
+        if check.algorithm is None:
+            implied = algorithm_from_name(check.sidecar)
+            if implied is None and rule.hash in ALGORITHMS:
+                implied = rule.hash
+            if implied is None:
+                problems.append(
+                    f"{key}.algorithm: the sidecar name {check.sidecar!r} does not say which "
+                    f"algorithm it holds and the rule's hash is {rule.hash!r}; set algorithm "
+                    f"(one of {', '.join(ALGORITHMS)})"
+                )
+            check.algorithm = implied  # type: ignore[assignment]
     return problems
 
 

@@ -14,6 +14,8 @@ import logging
 import os
 import signal
 import stat as stat_module
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from asset_watcher.model import FileStat, Fingerprint
@@ -21,6 +23,10 @@ from asset_watcher.model import FileStat, Fingerprint
 log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1 << 20
+# From this size on, a second digest is updated on a thread of its own while the first is
+# updated on the reading one (hashlib lets go of the GIL): two digests cost about the time
+# of the slower one. Below it, starting the thread costs more than it saves.
+PARALLEL_DIGEST_MIN_BYTES = 8 * CHUNK_BYTES
 FIRST_LINE_MAX_BYTES = 64 * 1024
 _lease_unavailable_said = False
 
@@ -66,10 +72,12 @@ def fingerprint(
     count_lines: bool = False,
     follow_symlinks: bool = False,
     expected_real_path: str | None = None,
+    extra_algorithms: Sequence[str] = (),
 ) -> Fingerprint:
     """Read `path` once. Raises OSError (vanished, unreadable), NotRegularFileError, or
     FileChangedError when another process holds it open for writing or its size or mtime
-    moved during the read.
+    moved during the read. `extra_algorithms` are digested in the same read (a checksum
+    sidecar's algorithm when it is not the rule's).
 
     O_NOFOLLOW guards only the last component: `expected_real_path` makes sure no folder
     on the way was swapped for a link (an SFTP user racing the agent out of the drop)."""
@@ -93,6 +101,12 @@ def fingerprint(
         if before.st_size > CHUNK_BYTES:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
         digest = None if algorithm == "none" else new_hash(algorithm)
+        extras = [(name, new_hash(name)) for name in dict.fromkeys(extra_algorithms)]
+        extras = [(name, hasher) for name, hasher in extras if name != algorithm]
+        hashers = [h for h in (digest, *(hasher for _, hasher in extras)) if h is not None]
+        helper = None
+        if len(hashers) > 1 and before.st_size >= PARALLEL_DIGEST_MIN_BYTES:
+            helper = ThreadPoolExecutor(max_workers=len(hashers) - 1)
         # A byte more than the size: one read meets the end of a file that did not grow.
         buffer = bytearray(min(CHUNK_BYTES, max(FIRST_LINE_MAX_BYTES, before.st_size + 1)))
         view = memoryview(buffer)
@@ -100,21 +114,32 @@ def fingerprint(
         first_line_done = False
         newlines = 0
         last_byte = b""
-        while True:
-            read = handle.readinto(buffer)
-            if not read:
-                break
-            chunk = view[:read]
-            if digest is not None:
-                digest.update(chunk)
-            if not first_line_done:
-                end = buffer.find(b"\n", 0, read)
-                first_line += bytes(chunk[: end if end >= 0 else read])
-                first_line_done = end >= 0 or len(first_line) >= FIRST_LINE_MAX_BYTES
-                first_line = first_line[:FIRST_LINE_MAX_BYTES]
-            if count_lines:
-                newlines += buffer.count(b"\n", 0, read)
-                last_byte = bytes(buffer[read - 1 : read])
+        try:
+            while True:
+                read = handle.readinto(buffer)
+                if not read:
+                    break
+                chunk = view[:read]
+                if helper is not None:
+                    # The buffer is read into again only after every digest took this chunk.
+                    pending = [helper.submit(h.update, chunk) for h in hashers[1:]]
+                    hashers[0].update(chunk)
+                    for future in pending:
+                        future.result()
+                else:
+                    for hasher in hashers:
+                        hasher.update(chunk)
+                if not first_line_done:
+                    end = buffer.find(b"\n", 0, read)
+                    first_line += bytes(chunk[: end if end >= 0 else read])
+                    first_line_done = end >= 0 or len(first_line) >= FIRST_LINE_MAX_BYTES
+                    first_line = first_line[:FIRST_LINE_MAX_BYTES]
+                if count_lines:
+                    newlines += buffer.count(b"\n", 0, read)
+                    last_byte = bytes(buffer[read - 1 : read])
+        finally:
+            if helper is not None:
+                helper.shutdown()
         after = os.fstat(fd)
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns):
         raise FileChangedError(0, "changed while it was read")
@@ -127,6 +152,7 @@ def fingerprint(
         digest=digest.hexdigest() if digest is not None else None,
         first_line=bytes(first_line).rstrip(b"\r"),
         line_count=line_count,
+        extra_digests=tuple((name, hasher.hexdigest()) for name, hasher in extras),
     )
 
 

@@ -59,6 +59,14 @@ class Fingerprint:
     digest: str | None
     first_line: bytes = b""
     line_count: int | None = None  # newline-terminated lines plus a final unterminated one
+    # Digests in other algorithms from the same read (a checksum sidecar's), as pairs.
+    extra_digests: tuple[tuple[str, str], ...] = ()
+
+    def digest_in(self, algorithm: str) -> str | None:
+        """The file's digest in `algorithm`, if the read computed it."""
+        if algorithm == self.algorithm:
+            return self.digest
+        return dict(self.extra_digests).get(algorithm)
 
 
 @dataclass(frozen=True)

@@ -156,6 +156,7 @@ class Pipeline:
                 item = self._poll() if handled < BATCH or stopping else None
             self.settle_due()
             self.settle_batches()
+            self.waits_due()
         if self._waits:
             log.info("%d file(s) still wait for their ready marker", len(self._waits))
 
@@ -206,6 +207,14 @@ class Pipeline:
                 self._in_batch = False
             if self._queued_in_batch:
                 self.on_queued()  # once the batch is committed: the deliverer can read it
+
+    def waits_due(self) -> None:
+        """Decide again on files whose wait for a checksum sidecar is over: they are
+        reported now, their check saying the sidecar is missing."""
+        for settled in self._waits.expired(self.wall_clock()):
+            found = self._rules.owners(settled.path)
+            if found is not None:
+                self._complete(settled, *found)
 
     def _settle(self, path: str) -> None:
         try:
@@ -304,6 +313,7 @@ class Pipeline:
             if kind is ChangeKind.CREATED:
                 self._created(change)
                 return
+            self._sidecar_written(change.path)
             found = self._rules.owners(change.path)
             if found is None:
                 return
@@ -373,6 +383,7 @@ class Pipeline:
 
     def _moved(self, source: str, destination: str, at: float) -> None:
         self._marker_appeared(destination)
+        self._sidecar_written(destination)
         carried = self.settler.moved(source, destination)
         parked = self._waits.unpark(source)
         dest = self._rules.owners(destination)
@@ -443,6 +454,24 @@ class Pipeline:
             if found is not None:
                 self._complete(settled, *found)
 
+    def _sidecar_written(self, path: str) -> None:
+        """A checksum sidecar was written (or renamed into place): the reported files
+        whose checks read it are evaluated again, the checks alone (SPEC 14)."""
+        if not any(rule.is_sidecar(path) for rule in self.rules):
+            return
+        for data in self.store.sidecar_readers(path):
+            found = self._rules.owners(data)
+            known = self.store.known(data)
+            if found is None or known is None:
+                continue
+            rule, match = found
+            recheck = self._rules.versions.recheck(rule, match, known)
+            if recheck is not None:
+                self._rules.versions.apply_recheck(match, recheck)
+                log.info("%s: its checksum sidecar %s changed; check evaluated again",
+                         display_path(data), display_path(path))  # fmt: skip
+                self._queued()
+
     # -- a settled file ----------------------------------------------------------------
 
     def _complete(self, settled: Settled, rule: Rule, match: FileMatch) -> None:
@@ -466,9 +495,9 @@ class Pipeline:
                 self.counts.moved += 1
                 log.info("%s", describe_carry_over(match, decision))
         elif isinstance(decision, Park):
-            log.info("%s is complete; waiting for its ready marker %s",
-                     display_path(path), display_path(decision.marker))  # fmt: skip
-            self._waits.park(decision.marker, settled)
+            log.info("%s is complete; waiting for its %s %s", display_path(path),
+                     decision.what, display_path(decision.marker))  # fmt: skip
+            self._waits.park(decision.marker, settled, decision.until)
         elif isinstance(decision, Retry):
             self.settler.restart(path, decision.stat, decision.after_seconds, settled.origin)
         elif isinstance(decision, Skip):

@@ -16,7 +16,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from asset_watcher.config import BATCH_FIELDS, Config, WatchRule, folder_groups, template_fields
+from asset_watcher.config import (
+    BATCH_FIELDS,
+    ChecksumCheck,
+    Config,
+    WatchRule,
+    folder_groups,
+    template_fields,
+)
 from asset_watcher.globs import glob_to_regex, ignore_regex
 from asset_watcher.model import EventKind, FileMatch
 from asset_watcher.paths import display_path, relative_to
@@ -57,6 +64,16 @@ class Rule:
         return self.settings.count_rows or any(
             check.type == "row_count" for check in self.settings.checks
         )
+
+    @cached_property
+    def checksum_checks(self) -> tuple[ChecksumCheck, ...]:
+        return tuple(c for c in self.settings.checks if isinstance(c, ChecksumCheck))
+
+    @cached_property
+    def extra_algorithms(self) -> tuple[str, ...]:
+        """Digests the one read of a file computes besides the rule's hash: its sidecars'."""
+        wanted = (check.digest_algorithm for check in self.checksum_checks)
+        return tuple(dict.fromkeys(a for a in wanted if a != self.settings.hash))
 
     @cached_property
     def glob_regex(self) -> re.Pattern[str]:
@@ -147,11 +164,18 @@ class Rule:
         """The ready-marker path a data file waits for, if the rule has one."""
         if not self.settings.ready_marker:
             return None
+        # An empty {reldir} renders "/name.done": still relative to the root.
+        return self._render_relative(self.settings.ready_marker, match)
+
+    def sidecar_for(self, match: FileMatch, check: ChecksumCheck) -> str | None:
+        """The checksum sidecar path `check` reads for a data file (SPEC 14)."""
+        return self._render_relative(check.sidecar, match)
+
+    def _render_relative(self, template: str, match: FileMatch) -> str | None:
         try:
-            rendered = self.settings.ready_marker.format_map(dict(match.fields))
+            rendered = template.format_map(dict(match.fields))
         except KeyError:
             return None
-        # An empty {reldir} renders "/name.done": still relative to the root.
         return os.path.normpath(os.path.join(self.root, rendered.lstrip("/")))
 
     @cached_property
@@ -159,8 +183,14 @@ class Rule:
         """What this rule's ready markers look like, relative to the root: the template
         with each field as a wildcard (`rule` and `host` as their values)."""
         template = self.settings.ready_marker
-        if not template:
-            return None
+        return self._template_regex(template) if template else None
+
+    @cached_property
+    def sidecar_regexes(self) -> tuple[re.Pattern[str], ...]:
+        """What this rule's checksum sidecars look like, as `marker_regex`."""
+        return tuple(self._template_regex(check.sidecar) for check in self.checksum_checks)
+
+    def _template_regex(self, template: str) -> re.Pattern[str]:
         fixed = {"rule": self.name, "host": self.host}
         out = []
         for literal, field, _, _ in string.Formatter().parse(template):
@@ -227,6 +257,14 @@ class Rule:
         if rel is None or (not self.settings.recursive and "/" in rel):
             return False
         return bool(regex.match(rel.rsplit("/", 1)[-1]))
+
+    def is_sidecar(self, path: str) -> bool:
+        """Whether `path` is shaped like one of this rule's checksum sidecars, which are
+        never reported themselves."""
+        rel = self.relative(path)
+        if rel is None:
+            return False
+        return any(regex.match(rel) or regex.match("/" + rel) for regex in self.sidecar_regexes)
 
     def is_marker(self, path: str) -> bool:
         """Whether `path` is (shaped like) one of this rule's ready markers, which are
@@ -295,6 +333,11 @@ def marker_rule(rules: Sequence[Rule], path: str) -> Rule | None:
     return next((rule for rule in rules if rule.is_marker(path)), None)
 
 
+def sidecar_rule(rules: Sequence[Rule], path: str) -> Rule | None:
+    """The rule whose checksum sidecar `path` is, if any: sidecars are never reported."""
+    return next((rule for rule in rules if rule.is_sidecar(path)), None)
+
+
 def explain(rules: Sequence[Rule], path: str) -> tuple[FileMatch | None, list[tuple[str, str]]]:
     """The owning match, and for each rule tried before it why it did not match."""
     reasons: list[tuple[str, str]] = []
@@ -306,6 +349,10 @@ def explain(rules: Sequence[Rule], path: str) -> tuple[FileMatch | None, list[tu
         return None, [
             (control_of.name, "a batch marker or manifest of this rule; never reported as a file")
         ]
+    sidecar_of = sidecar_rule(rules, path)
+    if sidecar_of is not None:
+        reason = "a checksum sidecar of this rule; sidecars are not reported"
+        return None, [(sidecar_of.name, reason)]
     for rule in rules:
         found = rule.match(path)
         if isinstance(found, FileMatch):

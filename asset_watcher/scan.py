@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from asset_watcher.fingerprint import stat_of
 from asset_watcher.model import FileMatch, FileStat, Report
 from asset_watcher.paths import display_path
+from asset_watcher.reports import iso_utc
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.state import KnownVersion, StateStore
 from asset_watcher.versions import (
@@ -46,6 +47,7 @@ class ScanResult:
     unchanged: int = 0
     reported: int = 0  # file versions (each may carry several reports)
     skipped: int = 0
+    rechecked: int = 0  # reported files whose checksum sidecar arrived or changed since
 
 
 @dataclass(frozen=True)
@@ -131,7 +133,7 @@ def scan(
 ) -> ScanResult:
     """Report every new or changed file owned by `rules` (all of them with `force`)."""
     result = ScanResult()
-    versions = Versions(store, rules)
+    versions = Versions(store, rules, clock=clock)  # the same now for settle and sidecar waits
     for rule in rules:
         if rule.is_batch:
             _scan_batches(rule, versions, result, force=force, dry_run=dry_run, emit=emit,
@@ -154,6 +156,8 @@ def scan(
                     (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
                 ):
                     unchanged += 1
+                    if rule.checksum_checks:
+                        _recheck(rule, versions, f"{folder}/{entry.name}", result, dry_run, emit)
                     continue
                 path = f"{folder}/{entry.name}"
                 candidate = Candidate(path, folder, entry.name, stat_of(st))
@@ -251,7 +255,36 @@ def _scan_file(
         result.skipped += 1
 
 
+def _recheck(
+    rule: Rule,
+    versions: Versions,
+    path: str,
+    result: ScanResult,
+    dry_run: bool,
+    emit: Callable[[Report, FileMatch], None] | None,
+) -> None:
+    """An unchanged file's checksum checks again, when a sidecar arrived or changed since
+    they read it (SPEC 14): one stat per sidecar, a read only when one changed."""
+    match = owner(versions.rules, path)
+    known = versions.store.known(path)
+    if match is None or match.rule_name != rule.name or known is None:
+        return
+    decision = versions.recheck(rule, match, known)
+    if decision is None:
+        return
+    if not dry_run:
+        versions.apply_recheck(match, decision)
+    result.rechecked += 1
+    log.info("%s: its checksum sidecar changed; check evaluated again", display_path(path))
+    if emit is not None:
+        for report in decision.reports:
+            emit(report, match)
+
+
 def _skip_reason(decision: Park | Retry | Skip) -> str:
     if isinstance(decision, Park):
-        return f"waiting for its ready marker {display_path(decision.marker)}"
+        reason = f"waiting for its {decision.what} {display_path(decision.marker)}"
+        if decision.until is not None:
+            reason += f" until {iso_utc(int(decision.until * 1e9))}"
+        return reason
     return decision.reason

@@ -185,23 +185,37 @@ class Settler:
 
 
 class MarkerWaits:
-    """Settled files waiting for their ready marker, by marker path."""
+    """Settled files waiting for their ready marker (or checksum sidecar), by marker path.
+    A wait may end at a wall-clock deadline (`until`): a sidecar is waited for only so long."""
 
     def __init__(self) -> None:
         self._by_marker: dict[str, dict[str, Settled]] = {}
         self._marker_of: dict[str, str] = {}  # data path -> marker path
+        self._until: dict[str, float] = {}  # data path -> when its wait ends
 
     def __len__(self) -> int:
         return len(self._marker_of)
 
-    def park(self, marker: str, settled: Settled) -> None:
+    def park(self, marker: str, settled: Settled, until: float | None = None) -> None:
         self.unpark(settled.path)
         self._by_marker.setdefault(marker, {})[settled.path] = settled
         self._marker_of[settled.path] = marker
+        if until is not None:
+            self._until[settled.path] = until
+
+    def expired(self, now: float) -> list[Settled]:
+        """The files whose wait ended by `now` (no longer waiting)."""
+        due = [path for path, until in self._until.items() if until <= now]
+        return [settled for path in due if (settled := self.unpark(path)) is not None]
+
+    def waiting(self) -> list[tuple[str, str, float | None]]:
+        """(data path, what it waits for, until) of every waiting file."""
+        return [(path, marker, self._until.get(path)) for path, marker in self._marker_of.items()]
 
     def unpark(self, path: str) -> Settled | None:
         """Stop waiting for `path` (deleted, renamed); what was waiting, if anything."""
         marker = self._marker_of.pop(path, None)
+        self._until.pop(path, None)
         if marker is None:
             return None
         waiting = self._by_marker.get(marker, {})
@@ -215,6 +229,7 @@ class MarkerWaits:
         waiting = self._by_marker.pop(marker, {})
         for path in waiting:
             self._marker_of.pop(path, None)
+            self._until.pop(path, None)
         return list(waiting.values())
 
 

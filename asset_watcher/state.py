@@ -152,6 +152,18 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             updated_at REAL NOT NULL,
             PRIMARY KEY (rule, folder, grp)
         ) WITHOUT ROWID""",
+        # Checksum sidecars (SPEC 14): the sidecar each reported file's checksum check
+        # read, and its `FileStat.key` then (NULL: missing), so a sidecar that arrives or
+        # changes later re-evaluates the check alone, once.
+        """CREATE TABLE sidecar_checks (
+            dir BLOB NOT NULL,
+            name BLOB NOT NULL,
+            check_name TEXT NOT NULL,
+            sidecar BLOB NOT NULL,
+            sidecar_key INTEGER,
+            PRIMARY KEY (dir, name, check_name)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX sidecar_checks_by_sidecar ON sidecar_checks (sidecar)",
     ),
 }
 SCHEMA_VERSION = max(MIGRATIONS)
@@ -185,6 +197,17 @@ class PendingBatch:
     waiting_for: str
     since: float
     updated_at: float
+
+
+@dataclass(frozen=True)
+class SidecarSeen:
+    """The sidecar one checksum check of a file read, and its `FileStat.key` then (None:
+    missing); `path` is the data file's, where a query returns several files'."""
+
+    check_name: str
+    sidecar: str
+    key: int | None
+    path: str = ""
 
 
 @dataclass(frozen=True)
@@ -618,6 +641,9 @@ class StateStore:
         """Carry a reported version over a rename within a rule; False if none was known."""
         with self.transaction() as db:
             db.execute("DELETE FROM files WHERE dir = ? AND name = ?", _split(destination))
+            # What the checks read under the old name is no sidecar of the new one.
+            for gone in (source, destination):
+                db.execute("DELETE FROM sidecar_checks WHERE dir = ? AND name = ?", _split(gone))
             cursor = db.execute(
                 "UPDATE files SET dir = ?, name = ? WHERE dir = ? AND name = ?",
                 (*_split(destination), *_split(source)),
@@ -628,6 +654,7 @@ class StateStore:
         """Drop a deleted file's version, queueing any reports about the deletion."""
         with self.transaction() as db:
             db.execute("DELETE FROM files WHERE dir = ? AND name = ?", _split(path))
+            db.execute("DELETE FROM sidecar_checks WHERE dir = ? AND name = ?", _split(path))
             self._enqueue(db, reports, time.time())
 
     # -- batches (SPEC 13) -------------------------------------------------------------
@@ -693,6 +720,55 @@ class StateStore:
             (limit,),
         ).fetchall()
         return [PendingBatch(r, os.fsdecode(f), g, w, s, u) for r, f, g, w, s, u in rows]
+
+    # -- checksum sidecars (SPEC 14) ---------------------------------------------------
+
+    def note_sidecars(
+        self, path: str, seen: Iterable[SidecarSeen], reports: Iterable[Report] = ()
+    ) -> None:
+        """Remember which sidecar each checksum check of `path` read, and its stat key
+        then; queue `reports` (the evaluations) in the same transaction."""
+        folder, name = _split(path)
+        rows = [(folder, name, s.check_name, os.fsencode(s.sidecar), s.key) for s in seen]
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO sidecar_checks VALUES (?, ?, ?, ?, ?)", rows)
+            self._enqueue(db, reports, time.time())
+
+    @_locked
+    def sidecars_seen(self, path: str) -> dict[str, SidecarSeen]:
+        """What each checksum check of `path` last read, by check name."""
+        if self.schema_version < 4:  # a reader of a database not migrated yet
+            return {}
+        rows = self.db.execute(
+            "SELECT check_name, sidecar, sidecar_key FROM sidecar_checks"
+            " WHERE dir = ? AND name = ?",
+            _split(path),
+        )
+        return {c: SidecarSeen(c, os.fsdecode(s), key) for c, s, key in rows}
+
+    @_locked
+    def sidecar_readers(self, sidecar: str) -> list[str]:
+        """The reported files whose checksum checks read `sidecar`."""
+        rows = self.db.execute(
+            "SELECT DISTINCT dir, name FROM sidecar_checks WHERE sidecar = ?",
+            (os.fsencode(sidecar),),
+        )
+        return [os.fsdecode(d + b"/" + n) for d, n in rows]
+
+    @_locked
+    def missing_sidecars(self, limit: int = 100) -> list[SidecarSeen]:
+        """Checks of reported files whose sidecar was missing when last read (for
+        `status`), as SidecarSeen with `path` set."""
+        if self.schema_version < 4:
+            return []
+        rows = self.db.execute(
+            "SELECT dir, name, check_name, sidecar FROM sidecar_checks"
+            " WHERE sidecar_key IS NULL LIMIT ?",
+            (limit,),
+        )
+        return [
+            SidecarSeen(c, os.fsdecode(s), None, os.fsdecode(d + b"/" + n)) for d, n, c, s in rows
+        ]
 
     # -- expected arrivals (SPEC 15) ---------------------------------------------------
 

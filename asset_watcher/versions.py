@@ -13,7 +13,8 @@ The order of the questions is the same for both:
 3. no version under this name, but one under a name that is gone now (same inode, size
    and mtime, same rule, asset key and partition: a rename nobody paired) → CarryOver
 4. (scan only) modified within the settle time → Skip
-5. its ready marker is missing → Park
+5. its ready marker is missing, or its checksum sidecar is and `wait_seconds` has not
+   passed since the file's last change → Park
 6. it cannot be read whole (written meanwhile, still open, unreadable) → Retry or Skip
 7. only the ctime moved and the content is the same (chmod, chown) → Touch
 8. otherwise → Record, with its reports
@@ -47,7 +48,8 @@ from asset_watcher.batches import (
     read_manifest,
     signature_digest,
 )
-from asset_watcher.checks import CheckResult, run_checks
+from asset_watcher.checks import CheckResult, evaluate, run_checks
+from asset_watcher.config import ChecksumCheck
 from asset_watcher.fingerprint import (
     FileChangedError,
     NotRegularFileError,
@@ -56,9 +58,9 @@ from asset_watcher.fingerprint import (
 )
 from asset_watcher.model import EventKind, FileMatch, FileStat, Fingerprint, Report
 from asset_watcher.paths import display_path, through_link
-from asset_watcher.reports import BatchMember, batch_reports, reports_for_version
+from asset_watcher.reports import BatchMember, batch_reports, check_report, reports_for_version
 from asset_watcher.rules import Rule, owner
-from asset_watcher.state import KnownVersion, StateStore, Window
+from asset_watcher.state import KnownVersion, SidecarSeen, StateStore, Window
 
 log = logging.getLogger(__name__)
 
@@ -97,9 +99,12 @@ class CarryOver:
 
 @dataclass(frozen=True)
 class Park:
-    """Complete, but its ready marker is missing: wait for the marker."""
+    """Complete, but its ready marker (or checksum sidecar) is missing: wait for `marker`,
+    the path of what it waits for; a sidecar only `until` (wall clock), then decide again."""
 
     marker: str
+    what: str = "ready marker"
+    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -121,10 +126,21 @@ class Skip:
 
 @dataclass(frozen=True)
 class Record:
-    """A new version: store it and queue its reports."""
+    """A new version: store it and queue its reports; `sidecars` are what its checksum
+    checks read (remembered, so a later change of one re-evaluates its check)."""
 
     fingerprint: Fingerprint
     reports: tuple[Report, ...]
+    sidecars: tuple[SidecarSeen, ...] = ()
+
+
+@dataclass(frozen=True)
+class Recheck:
+    """Not a new version, but a checksum sidecar of it arrived or changed since it was
+    reported: queue these check evaluations alone (SPEC 14)."""
+
+    reports: tuple[Report, ...]
+    sidecars: tuple[SidecarSeen, ...]
 
 
 Decision = Unchanged | Touch | CarryOver | Park | Retry | Skip | Record
@@ -272,6 +288,7 @@ def read_version(rule: Rule, match: FileMatch) -> Fingerprint | _Unreadable:
                 if rule.settings.follow_symlinks
                 else os.path.join(rule.real_root, match.relpath)
             ),
+            extra_algorithms=rule.extra_algorithms,
         )
     except FileChangedError:
         return _Unreadable("still being written", being_written=True)
@@ -335,6 +352,11 @@ class Versions:
         marker = rule.marker_for(match)
         if marker is not None and not os.path.lexists(marker):
             return Park(marker)
+        waiting = self.sidecar_wait(rule, match, stat)
+        if waiting is not None:
+            return waiting
+        # Looked at before the checks read them: a sidecar changing meanwhile is seen again.
+        sidecars = tuple(sidecar_seen(rule, match, check) for check in rule.checksum_checks)
         print_ = read_version(rule, match)
         if isinstance(print_, _Unreadable):
             now = file_stat(match.path, follow)
@@ -347,7 +369,67 @@ class Versions:
             return Skip(print_.reason)
         if content_decides and known is not None and print_.digest == known.digest:
             return Touch(print_.stat)
-        return Record(print_, tuple(reports_for_version(rule, match, print_)))
+        return Record(print_, tuple(reports_for_version(rule, match, print_)), sidecars)
+
+    def sidecar_wait(self, rule: Rule, match: FileMatch, stat: FileStat) -> Park | None:
+        """The checksum sidecar the file still waits for: missing (or empty: created, not
+        written yet) while `wait_seconds` have not passed since the file last changed.
+        That is its ctime, the write or the rename into place: the same in `run` and
+        `scan` and across restarts, and never in the future like a sender's mtime."""
+        return sidecar_wait(rule, match, stat, self.clock())
+
+    def recheck(self, rule: Rule, match: FileMatch, known: KnownVersion) -> Recheck | None:
+        """The checksum checks to evaluate again for a reported, unchanged file: those
+        whose sidecar arrived or changed since they read it. None when there are none,
+        or when the file itself changed (its new version brings its checks)."""
+        if not rule.checksum_checks:
+            return None
+        before = self.store.sidecars_seen(match.path)
+        changed: list[tuple[ChecksumCheck, SidecarSeen]] = []
+        for check in rule.checksum_checks:
+            seen = before.get(check.check_name)
+            if seen is None:
+                continue  # never read for this version (an earlier release, a rename)
+            now = sidecar_seen(rule, match, check)
+            if now.key is not None and now != seen:
+                changed.append((check, now))
+        if not changed:
+            return None
+        print_ = self._digests(rule, match, known, {c.digest_algorithm for c, _ in changed})
+        if print_ is None:
+            return None
+        follow = rule.settings.follow_symlinks
+        reports = []
+        for check, _ in changed:
+            result = evaluate(check, match, print_, follow_symlinks=follow, rule=rule)
+            reports.append(
+                check_report(
+                    match.asset_key,
+                    result.check_name,
+                    passed=result.passed,
+                    severity=result.severity,
+                    metadata={**result.metadata, "reevaluated": True},
+                    partition=match.partition,
+                )
+            )
+        return Recheck(tuple(reports), tuple(seen for _, seen in changed))
+
+    def _digests(
+        self, rule: Rule, match: FileMatch, known: KnownVersion, algorithms: set[str]
+    ) -> Fingerprint | None:
+        """The reported version's digests in `algorithms`: the stored one when that is
+        all, else from one more read (which must find the same version)."""
+        if algorithms == {rule.settings.hash} and known.digest is not None:
+            return Fingerprint(known.stat, rule.settings.hash, known.digest)
+        print_ = read_version(rule, match)
+        if isinstance(print_, _Unreadable) or not print_.stat.same_version(known.stat):
+            return None
+        if known.digest is not None and print_.digest != known.digest:
+            return None
+        return print_
+
+    def apply_recheck(self, match: FileMatch, decision: Recheck) -> None:
+        self.store.note_sidecars(match.path, decision.sidecars, decision.reports)
 
     def decide_batches(
         self, rule: Rule, folder: str, look: Look = Look(), *, read: bool = True
@@ -534,6 +616,8 @@ class Versions:
             self.store.record_version(
                 match.path, match.rule_name, print_.stat, print_.digest, reports, windows
             )
+        if decision.sidecars:
+            self.store.note_sidecars(match.path, decision.sidecars)
         metrics.file_detected()
 
 
@@ -558,6 +642,33 @@ def describe_batch(decision: BatchDecision) -> str:
     if isinstance(decision, BatchReady):
         return f"{batch} is complete ({decision.file_count} file(s)): reported at its next look"
     return f"skipped {batch}: {decision.reason}"
+
+
+def sidecar_wait(rule: Rule, match: FileMatch, stat: FileStat, now: float) -> Park | None:
+    """`Versions.sidecar_wait` at `now` (also what `explain` says)."""
+    for check in rule.checksum_checks:
+        sidecar = rule.sidecar_for(match, check)
+        if sidecar is None or _has_content(sidecar):
+            continue
+        until = stat.ctime_ns / 1e9 + check.wait_seconds
+        if now < until:
+            return Park(sidecar, what="checksum sidecar", until=until)
+    return None
+
+
+def sidecar_seen(rule: Rule, match: FileMatch, check: ChecksumCheck) -> SidecarSeen:
+    """A checksum check's sidecar as it is now; its key None while missing or empty."""
+    sidecar = rule.sidecar_for(match, check) or ""
+    stat = file_stat(sidecar, follow_symlinks=True) if sidecar else None
+    key = stat.key if stat is not None and stat.size > 0 else None
+    return SidecarSeen(check.check_name, sidecar, key)
+
+
+def _has_content(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except OSError:
+        return False
 
 
 def describe_carry_over(match: FileMatch, decision: CarryOver) -> str:

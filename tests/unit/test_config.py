@@ -323,3 +323,77 @@ def test_an_invalid_glob_exits_2_naming_the_key_without_a_traceback(
     assert any(line.startswith("asset-watcher: watch[1].ignore[1]: ") for line in lines), lines
     assert "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("check", "expected"),
+    [
+        ('{ type = "checksum" }', "watch[1].checks[1].sidecar: required key is missing"),
+        (
+            '{ type = "checksum", sidecar = "{nope}.sha256" }',
+            "watch[1].checks[1].sidecar: unknown template field {nope}; known: day, host,",
+        ),
+        (
+            '{ type = "checksum", sidecar = "{relpath.sha256" }',
+            "watch[1].checks[1].sidecar: malformed template",
+        ),
+        (
+            '{ type = "checksum", sidecar = "{relpath}.sha256", algorithm = "crc32" }',
+            "watch[1].checks[1].algorithm:",
+        ),
+        (
+            '{ type = "checksum", sidecar = "{relpath}.sha256", wait_seconds = -1 }',
+            "watch[1].checks[1].wait_seconds:",
+        ),
+        (
+            '{ type = "checksum", sidecar = "{relpath}.sum" }',  # and the rule's hash is none
+            "watch[1].checks[1].algorithm: the sidecar name '{relpath}.sum' does not say",
+        ),
+    ],
+)
+def test_checksum_problems_name_their_key(
+    config_file: Callable[[str], Path], tmp_path: Path, check: str, expected: str
+) -> None:
+    path = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a"
+        regex = '(?P<day>\\d+)'
+        hash = "none"
+        checks = [{check}]
+        """
+    )
+    problems = problems_of(path)
+    assert any(p.startswith(expected) for p in problems), problems
+
+
+@pytest.mark.parametrize(
+    ("settings", "rule_hash", "algorithm"),
+    [
+        ('sidecar = "{relpath}.md5"', "sha256", "md5"),  # the suffix says
+        ('sidecar = "{reldir}/SHA1SUMS"', "sha256", "sha1"),
+        ('sidecar = "{relpath}.sum"', "blake2b", "blake2b"),  # else the rule's hash
+        ('sidecar = "{relpath}.md5", algorithm = "sha512"', "sha256", "sha512"),  # explicit
+    ],
+)
+def test_the_checksum_algorithm_is_settled_at_load(
+    config_file: Callable[[str], Path],
+    tmp_path: Path,
+    settings: str,
+    rule_hash: str,
+    algorithm: str,
+) -> None:
+    path = config_file(
+        f"""
+        [defaults]
+        hash = "{rule_hash}"
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "a"
+        checks = [{{ type = "checksum", {settings} }}]
+        """
+    )
+    (check,) = load_config(path).watch[0].checks
+    assert check.algorithm == algorithm  # type: ignore[union-attr]
+    assert check.wait_seconds == 300  # type: ignore[union-attr]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from asset_watcher.config import (
+    ChecksumCheck,
     CsvHeaderCheck,
     DagsterSettings,
     ExpectSettings,
@@ -50,7 +51,7 @@ def documented_keys() -> set[str]:
     "model",
     [DagsterSettings, StateSettings, RuleDefaults, WatchRule, MetricsSettings, SizeCheck,
      NameRegexCheck, CsvHeaderCheck, RowCountCheck, JsonCheck, GzipCheck, HeartbeatSettings,
-     ExpectSettings],
+     ExpectSettings, ChecksumCheck],
 )  # fmt: skip
 def test_every_key_is_documented(model: type) -> None:
     missing = set(model.model_fields) - documented_keys()  # type: ignore[attr-defined]

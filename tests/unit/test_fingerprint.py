@@ -13,6 +13,7 @@ import pytest
 from asset_watcher import fingerprint as fingerprint_module
 from asset_watcher.fingerprint import (
     CHUNK_BYTES,
+    PARALLEL_DIGEST_MIN_BYTES,
     FileChangedError,
     NotRegularFileError,
     fingerprint,
@@ -117,3 +118,23 @@ def test_where_leases_are_refused_the_agent_says_so_once_and_goes_on(
         assert fingerprint(str(path)).stat.size == 2
     said = [r.getMessage() for r in caplog.records if "open for writing" in r.getMessage()]
     assert len(said) == 1 and "Permission denied" in said[0] and "CAP_LEASE" in said[0]
+
+
+@pytest.mark.parametrize("size", [0, 10, 3 * (1 << 20), PARALLEL_DIGEST_MIN_BYTES + 12345])
+def test_a_second_digest_comes_from_the_same_read(tmp_path: Path, size: int) -> None:
+    path = tmp_path / "data.bin"
+    data = os.urandom(size)
+    path.write_bytes(data)
+    print_ = fingerprint(str(path), "sha256", extra_algorithms=("md5", "sha256", "sha512"))
+    assert print_.digest == hashlib.sha256(data).hexdigest()
+    assert print_.digest_in("md5") == hashlib.md5(data).hexdigest()
+    assert print_.digest_in("sha512") == hashlib.sha512(data).hexdigest()
+    assert [name for name, _ in print_.extra_digests] == ["md5", "sha512"]
+
+
+def test_a_sidecar_digest_without_the_rules_hash(tmp_path: Path) -> None:
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"x" * 100)
+    print_ = fingerprint(str(path), "none", extra_algorithms=("sha1",))
+    assert print_.digest is None
+    assert print_.digest_in("sha1") == hashlib.sha1(b"x" * 100).hexdigest()

@@ -10,8 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
     "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "expect",
-    "config", "metrics", "rules", "fingerprint", "checks", "reports", "batches", "state",
-    "heartbeat",
+    "sidecars", "config", "metrics", "rules", "fingerprint", "checks", "reports", "batches",
+    "state", "heartbeat",
     "arrivals", "versions", "scan", "scanner", "settle", "watchdog_hooks", "observe",
     "deadlines", "reporter", "delivery",
     "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",

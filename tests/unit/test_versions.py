@@ -7,6 +7,7 @@ retried) and `run` (a settled arrival) must reach for it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -335,3 +336,85 @@ def test_a_closed_file_still_open_for_writing_is_looked_at_again_soon(
         assert decision == Retry(world.stat(path), STILL_OPEN_RETRY_SECONDS, "still being written")
         # A walk has nobody to wait for it: it is skipped, with the same reason.
         assert world.decide(path, SCAN) == Skip("still being written")
+
+
+# -- checksum sidecars (SPEC 14) ----------------------------------------------------------
+
+WAIT = 300.0
+
+
+@pytest.fixture
+def sidecar_world(tmp_path: Path) -> Iterator[World]:
+    checks = [{"type": "checksum", "sidecar": "{relpath}.sha256", "wait_seconds": WAIT}]
+    yield from make_world(tmp_path, glob="*.csv", checks=checks)
+
+
+def sidecar_versions(w: World, now: float) -> Versions:
+    clock = Clock()
+    clock.now = now
+    return Versions(w.store, [w.rule], clock=clock)
+
+
+@pytest.mark.parametrize("mode", [SCAN, RUN])
+def test_a_missing_sidecar_parks_the_file_until_wait_seconds_after_its_ctime(
+    sidecar_world: World, mode: str
+) -> None:
+    w = sidecar_world
+    path = w.file("orders.csv")
+    changed = w.stat(path).ctime_ns / 1e9
+    sidecar = str(w.drop / "orders.csv.sha256")
+    look = Look(settle_at=time.time()) if mode == SCAN else Look(arrival=True)
+
+    def decide(now: float) -> Decision:
+        versions = sidecar_versions(w, now)
+        return versions.decide(w.rule, w.match(path), w.stat(path), None, look)
+
+    assert decide(changed + 1) == Park(sidecar, "checksum sidecar", changed + WAIT)
+    assert decide(changed + WAIT - 0.001) == Park(sidecar, "checksum sidecar", changed + WAIT)
+    late = decide(changed + WAIT)  # the wait is over: reported, its check failed
+    assert isinstance(late, Record)
+    (check,) = [r for r in late.reports if r.kind is EventKind.CHECK]
+    assert check.body["passed"] is False
+    assert check.body["metadata"]["sidecar_missing"] is True
+
+
+def test_an_empty_sidecar_is_waited_for_and_a_written_one_ends_the_wait(
+    sidecar_world: World,
+) -> None:
+    w = sidecar_world
+    path = w.file("orders.csv")
+    changed = w.stat(path).ctime_ns / 1e9
+    sidecar = w.drop / "orders.csv.sha256"
+    sidecar.touch()  # created, not written yet
+    versions = sidecar_versions(w, changed + 1)
+    decision = versions.decide(w.rule, w.match(path), w.stat(path), None, Look(arrival=True))
+    assert isinstance(decision, Park)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    sidecar.write_text(f"{digest}  orders.csv\n")
+    decision = versions.decide(w.rule, w.match(path), w.stat(path), None, Look(arrival=True))
+    assert isinstance(decision, Record)
+    (check,) = [r for r in decision.reports if r.kind is EventKind.CHECK]
+    assert check.body["passed"] is True
+    assert check.body["metadata"]["expected"] == digest
+
+
+def test_no_wait_with_wait_seconds_zero(tmp_path: Path) -> None:
+    checks = [{"type": "checksum", "sidecar": "{relpath}.md5", "wait_seconds": 0}]
+    for w in make_world(tmp_path, checks=checks):
+        path = w.file("orders.csv")
+        decision = sidecar_versions(w, time.time()).decide(
+            w.rule, w.match(path), w.stat(path), None, Look(arrival=True)
+        )
+        assert isinstance(decision, Record)
+
+
+def test_sidecars_are_not_owned_even_by_a_rule_taking_every_name(tmp_path: Path) -> None:
+    checks = [
+        {"type": "checksum", "sidecar": "{relpath}.sha256"},
+        {"type": "checksum", "name": "list", "sidecar": "{reldir}/MD5SUMS"},
+    ]
+    for w in make_world(tmp_path, checks=checks):  # glob "**/*"
+        data = w.file("sub/orders.csv")
+        assert owner([w.rule], str(data)) is not None
+        for name in ("sub/orders.csv.sha256", "sub/MD5SUMS", "MD5SUMS"):
+            assert owner([w.rule], str(w.file(name))) is None, name

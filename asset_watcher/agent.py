@@ -129,12 +129,15 @@ class Agent:
         config_path: str | None,
         stop: threading.Event,
         signals: SignalFlags | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.config_path = config_path or config.source or None
         self.stop_event = stop
         # Set by the signal handlers (or by a test, as a handler would); read each loop.
         self.signals = signals if signals is not None else SignalFlags()
+        # The time due times and arrivals are judged by (a test moves it to a minute's end).
+        self.wall_clock = wall_clock
         self._hangups = HangupCounter(self.signals)
         self._threads: list[threading.Thread] = []  # the pipeline's and the scanner's
         self.delivery: DeliveryThread | None = None
@@ -170,9 +173,11 @@ class Agent:
         self.delivery = DeliveryThread(self.store, self.config.dagster, self.config.token)
         # [watch.expect]: windows that closed while the agent was stopped are judged now,
         # before any file is recorded, so a file of this start cannot judge them first.
-        self.windows = WindowTimer(self.store, self.rules)
+        self.windows = WindowTimer(self.store, self.rules, clock=self.wall_clock)
         self._judge_windows()
-        self.pipeline = Pipeline(self.rules, self.store, on_queued=self._queued)
+        self.pipeline = Pipeline(
+            self.rules, self.store, on_queued=self._queued, wall_clock=self.wall_clock
+        )
         self.scanner = Scanner(
             self.rules, self.store, self.pipeline.submit, backlog=self.pipeline.backlog
         )
@@ -404,6 +409,7 @@ def run_agent(
     stop: threading.Event | None = None,
     install_signals: bool = True,
     signals: SignalFlags | None = None,
+    wall_clock: Callable[[], float] = time.time,
 ) -> int:
     """Run the service until `stop` is set or SIGTERM/SIGINT; SIGHUP reloads from
     `config_path` (default: the file `config` came from). Returns the exit status.
@@ -418,7 +424,11 @@ def run_agent(
         handlers = contextlib.nullcontext(signals if signals is not None else SignalFlags())
     with handlers as flags:
         agent = Agent(
-            config, config_path=config_path, stop=stop or threading.Event(), signals=flags
+            config,
+            config_path=config_path,
+            stop=stop or threading.Event(),
+            signals=flags,
+            wall_clock=wall_clock,
         )
         try:
             return agent.run()

@@ -1,13 +1,14 @@
 """[watch.expect] end to end: the agent's `arrived_on_time` evaluations and a late file's
 lateness, as the real dagster-webserver records them.
 
-No clock is injected into the agent: a cron due every minute with no grace closes a
-window within a minute of the start, and a daily one takes a file dated tomorrow as an
-early (so passing) arrival.
+A cron due every minute with no grace closes a window seconds after the start (the
+agent's wall clock is set to a few seconds before a minute's end), and a daily one takes
+a file dated tomorrow as an early (so passing) arrival.
 """
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -59,10 +60,14 @@ def test_on_time_missed_and_late_files_in_dagster(
             },
         ],
     )
-    agent = InProcessAgent(config).start()
+    # The agent's clock runs a few seconds before a minute's end, so the minutely window
+    # closes soon instead of up to a minute from now.
+    offset = 57.0 - time.time() % 60
+    agent = InProcessAgent(config, wall_clock=lambda: time.time() + offset).start()
     try:
         # An early file for tomorrow: a passing evaluation with its metadata.
-        tomorrow = (datetime.now(timezone.utc) + timedelta(days=1)).strftime("%Y-%m-%d")
+        now = datetime.fromtimestamp(time.time() + offset, timezone.utc)
+        tomorrow = (now + timedelta(days=1)).strftime("%Y-%m-%d")
         write(daily / f"orders_{tomorrow}.csv", b"id\n1\n")
         (passed,) = dagster.wait_for_check_evaluations([unique_name, "daily"], CHECK, timeout=30)
         assert (passed.passed, passed.partition) == (True, tomorrow)

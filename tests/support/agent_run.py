@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,10 +57,14 @@ class InProcessAgent:
     signals: SignalFlags = field(default_factory=SignalFlags)  # set as a handler would
     status: list[int] = field(default_factory=list)
     thread: threading.Thread | None = None
+    wall_clock: Callable[[], float] = time.time  # what due times are judged by
 
     def start(self) -> InProcessAgent:
         def body() -> None:
-            self.status.append(run_agent(self.config, stop=self.stop, signals=self.signals))
+            status = run_agent(
+                self.config, stop=self.stop, signals=self.signals, wall_clock=self.wall_clock
+            )
+            self.status.append(status)
 
         self.thread = threading.Thread(target=body, name="test-agent")
         self.thread.start()

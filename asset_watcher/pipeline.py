@@ -307,6 +307,11 @@ class Pipeline:
     def _found(self, item: Found) -> None:
         if self._batch_touched(item.path):
             return
+        # A marker or sidecar that came while the agent was stopped (or whose events were
+        # lost) is found by the catch-up or a periodic scan: never a reported version, it
+        # is found each time; the sidecar's stored key makes its check evaluated once.
+        self._marker_appeared(item.path)
+        self._sidecar_written(item.path)
         found = self._rules.owners(item.path)
         if found is None:
             return

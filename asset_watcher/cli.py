@@ -442,6 +442,7 @@ STATUS_DEAD_LISTED = 20  # dead letters shown by `status`
 
 def cmd_status(args: argparse.Namespace) -> int:
     from asset_watcher.arrivals import expectations, overview
+    from asset_watcher.paths import display_path
     from asset_watcher.rules import compile_rules
     from asset_watcher.state import order_key_parts
 
@@ -459,6 +460,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         dead = store.dead_letter_items(STATUS_DEAD_LISTED)
         aside = store.set_aside_items(STATUS_DEAD_LISTED)
         batches = store.pending_batches()
+        waiting = store.waiting()
+        unsidecared = store.missing_sidecars()
     age = time.time() - counts.oldest_pending_at if counts.oldest_pending_at else None
     dead_letters = []
     for letter in dead:
@@ -513,6 +516,31 @@ def cmd_status(args: argparse.Namespace) -> int:
             }
             for b in batches
         ],
+        # Written by `run` (at most once a second) when what waits changes; kept after it
+        # stops, and replaced when it starts again.
+        "waiting_noted_at": waiting.noted_at if waiting else None,
+        "waiting_files_total": waiting.total if waiting else 0,
+        "waiting_files": [
+            {
+                "path": display_path(w.path),
+                "waits_for": display_path(w.waits_for),
+                "what": w.what,
+                "age_seconds": round(now - w.since, 3),
+                "since": w.since,
+                "until": w.until,
+            }
+            for w in (waiting.files if waiting else ())
+        ],
+        # Reported files whose checksum check last failed for a missing sidecar: a late
+        # sidecar still re-evaluates it.
+        "reported_without_sidecar": [
+            {
+                "path": display_path(m.path),
+                "check_name": m.check_name,
+                "sidecar": display_path(m.sidecar),
+            }
+            for m in unsidecared
+        ],
         "expected_arrivals": [
             {
                 "rule": o.rule,
@@ -528,8 +556,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(data, ensure_ascii=False))
         return EXIT_OK
     for name, value in data.items():
-        if name in ("dead_letters", "set_aside_reports", "expected_arrivals", "incomplete_batches"):
-            continue
+        if isinstance(value, list):
+            continue  # listed below, one line each
         if name.endswith("_at") and isinstance(value, float):
             value = f"{_iso_local(value)} ({time.time() - value:.0f}s ago)"
         print(f"{name}: {value if value is not None else '-'}")
@@ -550,6 +578,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"batch {entry['folder']} (group {entry['group']!r}, rule {entry['rule']}): "
             f"waits for {entry['waiting_for']}, {entry['age_seconds']:.0f}s old"
+        )
+    for entry in data["waiting_files"]:
+        until = f", until {_iso_local(entry['until'])}" if entry["until"] is not None else ""
+        print(
+            f"waiting {entry['path']}: for its {entry['what']} {entry['waits_for']},"
+            f" {entry['age_seconds']:.0f}s since its last change{until}"
+        )
+    if data["waiting_files_total"] > len(data["waiting_files"]):
+        print(f"  ... and {data['waiting_files_total'] - len(data['waiting_files'])} more waiting")
+    for entry in data["reported_without_sidecar"]:
+        print(
+            f"reported without its sidecar {entry['path']}: check {entry['check_name']},"
+            f" {entry['sidecar']} missing (it is evaluated again when it comes)"
         )
     for o in expected:
         partition = f" [{o.next_partition}]" if o.next_partition else ""

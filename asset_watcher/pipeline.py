@@ -157,6 +157,8 @@ class Pipeline:
             self.settle_due()
             self.settle_batches()
             self.waits_due()
+            self.note_waits()
+        self.note_waits(last=True)  # what still waits stays readable for `status`
         if self._waits:
             log.info("%d file(s) still wait for their ready marker", len(self._waits))
 
@@ -215,6 +217,17 @@ class Pipeline:
             found = self._rules.owners(settled.path)
             if found is not None:
                 self._complete(settled, *found)
+
+    def note_waits(self, *, last: bool = False) -> None:
+        """Write down what waits for `status` (when it changed; see MarkerWaits.to_note)."""
+        waiting = self._waits.to_note(self.settler.clock(), last=last)
+        if waiting is None:
+            return
+        try:
+            self.store.note_waiting(waiting, self.wall_clock())
+        except StateError as exc:  # only `status` misses it: try again at the next change
+            log.warning("could not note the files waiting for markers or sidecars: %s", exc)
+            self._waits.note_failed()
 
     def _settle(self, path: str) -> None:
         try:
@@ -294,6 +307,11 @@ class Pipeline:
     def _found(self, item: Found) -> None:
         if self._batch_touched(item.path):
             return
+        # A marker or sidecar that came while the agent was stopped (or whose events were
+        # lost) is found by the catch-up or a periodic scan: never a reported version, it
+        # is found each time; the sidecar's stored key makes its check evaluated once.
+        self._marker_appeared(item.path)
+        self._sidecar_written(item.path)
         found = self._rules.owners(item.path)
         if found is None:
             return
@@ -497,7 +515,7 @@ class Pipeline:
         elif isinstance(decision, Park):
             log.info("%s is complete; waiting for its %s %s", display_path(path),
                      decision.what, display_path(decision.marker))  # fmt: skip
-            self._waits.park(decision.marker, settled, decision.until)
+            self._waits.park(decision.marker, settled, decision.until, decision.what)
         elif isinstance(decision, Retry):
             self.settler.restart(path, decision.stat, decision.after_seconds, settled.origin)
         elif isinstance(decision, Skip):

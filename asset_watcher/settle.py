@@ -21,6 +21,7 @@ from typing import TypeVar
 
 from asset_watcher.model import FileStat
 from asset_watcher.paths import is_under
+from asset_watcher.state import Waiting
 
 V = TypeVar("V")
 
@@ -184,40 +185,85 @@ class Settler:
         self._arm(path, _Entry(origin, settle_seconds, 0.0, stat), self.clock() + settle_seconds)
 
 
+# How often at most `MarkerWaits.to_note` hands out what waits, to be written for
+# `status`: a burst of parked files costs one write a second, not one per file.
+WAITS_NOTED_SECONDS = 1.0
+
+
 class MarkerWaits:
     """Settled files waiting for their ready marker (or checksum sidecar), by marker path.
-    A wait may end at a wall-clock deadline (`until`): a sidecar is waited for only so long."""
+    A wait may end at a wall-clock deadline (`until`): a sidecar is waited for only so long.
+
+    It also says when what waits changed since it was last noted (`to_note`), so the
+    caller can write it down for `status`; it starts changed, so a new agent's first note
+    replaces what a stopped one left (those files are found again by the catch-up scan).
+    """
 
     def __init__(self) -> None:
         self._by_marker: dict[str, dict[str, Settled]] = {}
         self._marker_of: dict[str, str] = {}  # data path -> marker path
         self._until: dict[str, float] = {}  # data path -> when its wait ends
+        self._what: dict[str, str] = {}  # data path -> what its marker is
+        self._changed = True
+        self._noted_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._marker_of)
 
-    def park(self, marker: str, settled: Settled, until: float | None = None) -> None:
+    def park(
+        self, marker: str, settled: Settled, until: float | None = None, what: str = "ready marker"
+    ) -> None:
         self.unpark(settled.path)
         self._by_marker.setdefault(marker, {})[settled.path] = settled
         self._marker_of[settled.path] = marker
+        self._what[settled.path] = what
         if until is not None:
             self._until[settled.path] = until
+        self._changed = True
 
     def expired(self, now: float) -> list[Settled]:
         """The files whose wait ended by `now` (no longer waiting)."""
         due = [path for path, until in self._until.items() if until <= now]
         return [settled for path in due if (settled := self.unpark(path)) is not None]
 
-    def waiting(self) -> list[tuple[str, str, float | None]]:
-        """(data path, what it waits for, until) of every waiting file."""
-        return [(path, marker, self._until.get(path)) for path, marker in self._marker_of.items()]
+    def waiting(self) -> list[Waiting]:
+        """Every waiting file, since its last change (the ctime its sidecar wait counts
+        from)."""
+        return [
+            Waiting(
+                path,
+                marker,
+                self._what.get(path, "ready marker"),
+                self._by_marker[marker][path].stat.ctime_ns / 1e9,
+                self._until.get(path),
+            )
+            for path, marker in self._marker_of.items()
+        ]
+
+    def to_note(self, now: float, *, last: bool = False) -> list[Waiting] | None:
+        """What waits, when it changed since the last note and that was at least
+        WAITS_NOTED_SECONDS before `now` (monotonic), or this is the `last` note; else
+        None. Handing it out counts as noting it: a caller that fails to write it calls
+        `note_failed`."""
+        if not self._changed:
+            return None
+        recent = self._noted_at is not None and now - self._noted_at < WAITS_NOTED_SECONDS
+        if recent and not last:
+            return None
+        self._changed, self._noted_at = False, now
+        return self.waiting()
+
+    def note_failed(self) -> None:
+        self._changed = True
 
     def unpark(self, path: str) -> Settled | None:
         """Stop waiting for `path` (deleted, renamed); what was waiting, if anything."""
         marker = self._marker_of.pop(path, None)
         self._until.pop(path, None)
+        self._what.pop(path, None)
         if marker is None:
             return None
+        self._changed = True
         waiting = self._by_marker.get(marker, {})
         settled = waiting.pop(path, None)
         if not waiting:
@@ -230,6 +276,9 @@ class MarkerWaits:
         for path in waiting:
             self._marker_of.pop(path, None)
             self._until.pop(path, None)
+            self._what.pop(path, None)
+        if waiting:
+            self._changed = True
         return list(waiting.values())
 
 

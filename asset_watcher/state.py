@@ -169,6 +169,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
 SCHEMA_VERSION = max(MIGRATIONS)
 # Set-aside reports kept for `status`; older ones are dropped.
 SET_ASIDE_KEPT = 1000
+# The meta key holding what `run` has waiting for a ready marker or checksum sidecar, and
+# how many of those files it keeps there (the count is kept in full).
+WAITING_KEY = "waiting_files"
+WAITING_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,28 @@ class SidecarSeen:
     sidecar: str
     key: int | None
     path: str = ""
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A complete file `run` holds back: it waits for `waits_for` (its `what`: ready
+    marker or checksum sidecar) since `since` (its last change, wall clock), a sidecar
+    only `until`."""
+
+    path: str
+    waits_for: str
+    what: str
+    since: float
+    until: float | None
+
+
+@dataclass(frozen=True)
+class WaitingFiles:
+    """The files `run` last said wait, as of `noted_at`; `total` counts those not kept."""
+
+    noted_at: float
+    total: int
+    files: tuple[Waiting, ...]
 
 
 @dataclass(frozen=True)
@@ -769,6 +795,30 @@ class StateStore:
         return [
             SidecarSeen(c, os.fsdecode(s), None, os.fsdecode(d + b"/" + n)) for d, n, c, s in rows
         ]
+
+    def note_waiting(self, waiting: Sequence[Waiting], now: float) -> None:
+        """Replace what `run` said waits (one meta row, so `status` needs no migration
+        and a stopped agent's last word stays readable)."""
+        kept = sorted(waiting, key=lambda w: w.since)[:WAITING_KEPT]
+        value = json.dumps(
+            {
+                "noted_at": now,
+                "total": len(waiting),
+                # Text as os.fsdecode gives it: json keeps surrogate escapes of odd bytes.
+                "files": [[w.path, w.waits_for, w.what, w.since, w.until] for w in kept],
+            }
+        )
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAITING_KEY, value))
+
+    def waiting(self) -> WaitingFiles | None:
+        """What `run` last said waits (None: it never said)."""
+        value = self.meta(WAITING_KEY)
+        if value is None:
+            return None
+        data = json.loads(value)
+        files = tuple(Waiting(*row) for row in data["files"])
+        return WaitingFiles(data["noted_at"], data["total"], files)
 
     # -- expected arrivals (SPEC 15) ---------------------------------------------------
 

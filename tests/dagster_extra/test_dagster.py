@@ -221,3 +221,43 @@ def test_a_manifest_batch_declares_its_manifest_check(
     }
     spec = graph.get_check_spec(dg.AssetCheckKey(key, "manifest"))
     assert spec.metadata["manifest"] == "MANIFEST.json"
+
+
+def test_a_checksum_check_is_declared_with_its_sidecar_and_wait(
+    tmp_path: Path, config_file: Callable[[str], Path]
+) -> None:
+    config = config_file(
+        f"""
+        [[watch]]
+        path = "{tmp_path}"
+        asset_key = "partner/orders"
+        [[watch.checks]]
+        type = "checksum"
+        sidecar = "{{relpath}}.sha256"
+        wait_seconds = 120
+        [[watch.checks]]
+        type = "checksum"
+        name = "md5sums"
+        sidecar = "MD5SUMS"
+        algorithm = "md5"
+        severity = "WARN"
+        """
+    )
+    graph = build_definitions(config, host="data01").resolve_asset_graph()
+    key = dg.AssetKey(["partner", "orders"])
+    assert set(graph.asset_check_keys) == {
+        dg.AssetCheckKey(key, "checksum"),
+        dg.AssetCheckKey(key, "md5sums"),
+    }
+    own = graph.get_check_spec(dg.AssetCheckKey(key, "checksum")).metadata
+    assert (own["type"], own["sidecar"], own["wait_seconds"]) == (
+        "checksum",
+        "{relpath}.sha256",
+        120,
+    )
+    listed = graph.get_check_spec(dg.AssetCheckKey(key, "md5sums")).metadata
+    assert (listed["sidecar"], listed["algorithm"], listed["severity"]) == (
+        "MD5SUMS",
+        "md5",
+        "WARN",
+    )

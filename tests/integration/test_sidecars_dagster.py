@@ -4,16 +4,20 @@ missing once `wait_seconds` passed, and late (re-evaluated alone), in `scan` and
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from asset_watcher.config import Config
+from asset_watcher.config import Config, load_config
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
 from asset_watcher.state import StateStore
+from tests.conftest import CliRun
 from tests.integration.test_checks_dagster import deliver_all
 from tests.support.agent_run import InProcessAgent, write
 from tests.support.dagster_server import CheckEvaluationRecord, DagsterServer
@@ -168,3 +172,100 @@ def test_run_waits_for_sidecars_reports_missing_ones_and_rechecks_late_ones(
         assert len(dagster.materializations([unique_name, "late"])) == 1
     finally:
         assert agent.finish() == 0
+
+
+def test_status_lists_waiting_files_and_a_sidecar_written_while_stopped_is_checked_at_start(
+    dagster: DagsterServer,
+    unique_name: str,
+    tmp_path: Path,
+    cli: CliRun,
+    config_file: Callable[[str], Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="asset_watcher")
+    drop, short_drop = tmp_path / "drop", tmp_path / "short"
+    drop.mkdir()
+    short_drop.mkdir()
+    rules = "".join(
+        f"""
+        [[watch]]
+        name = "{name}"
+        path = "{folder}"
+        asset_key = "{unique_name}/{{stem}}"
+        [[watch.checks]]
+        type = "checksum"
+        sidecar = "{{relpath}}.sha256"
+        wait_seconds = {wait}
+        """
+        for name, folder, wait in (("partner", drop, WAIT), ("short", short_drop, 0))
+    )
+    path = config_file(
+        f"""
+        [dagster]
+        url = "{dagster.url}"
+        [state]
+        directory = "{tmp_path / "state"}"
+        [defaults]
+        settle_seconds = 0
+        rescan_interval_seconds = 0
+        """
+        + rules
+    )
+    config = load_config(path)
+
+    def status() -> dict[str, Any]:
+        shown = cli("status", "-c", str(path), "--json")
+        assert shown.returncode == 0, shown.stderr
+        return json.loads(shown.stdout)  # type: ignore[no-any-return]
+
+    agent = InProcessAgent(config).start()
+    try:
+        poll_until(lambda: "ready: watching" in caplog.text, timeout=30)
+        write(drop / "waits.csv", b"id\n1\n")
+        late = b"late\n"
+        write(short_drop / "late.csv", late)
+        (missing,) = evaluations(dagster, unique_name, "late", count=1)
+        assert missing.passed is False
+        # Noted within a second of the file parking (it is not per event).
+        poll_until(
+            lambda: [w["path"] for w in status()["waiting_files"]] == [str(drop / "waits.csv")]
+        )
+    finally:
+        assert agent.finish() == 0
+    # The agent stopped: what it left waiting, and what was reported without its sidecar.
+    shown = status()
+    (waiting,) = shown["waiting_files"]
+    since = (drop / "waits.csv").stat().st_ctime
+    assert (waiting["waits_for"], waiting["what"]) == (
+        f"{drop}/waits.csv.sha256",
+        "checksum sidecar",
+    )
+    assert waiting["since"] == pytest.approx(since, abs=1e-3)
+    assert waiting["until"] == pytest.approx(since + WAIT, abs=1e-3)
+    assert 0 <= waiting["age_seconds"] < 60
+    assert shown["reported_without_sidecar"] == [
+        {"path": str(short_drop / "late.csv"), "check_name": "checksum",
+         "sidecar": str(short_drop / "late.csv.sha256")},
+    ]  # fmt: skip
+    text = cli("status", "-c", str(path)).stdout
+    assert f"waiting {drop}/waits.csv: for its checksum sidecar {drop}/waits.csv.sha256," in text
+    assert f"reported without its sidecar {short_drop}/late.csv: check checksum," in text
+
+    # While it is stopped late.csv's sidecar comes: the next start's catch-up scan finds
+    # it and evaluates the check again, alone, once; a second start evaluates nothing.
+    write(short_drop / "late.csv.sha256", f"{sha256(late)}  late.csv\n")
+    for start in range(2):
+        caplog.clear()
+        agent = InProcessAgent(config).start()
+        try:
+            poll_until(lambda: "catch-up scan done" in caplog.text, timeout=30)
+            if start == 0:
+                _, again = evaluations(dagster, unique_name, "late", count=2)
+                assert (again.passed, again.metadata["reevaluated"]) == (True, True)
+        finally:
+            assert agent.finish() == 0
+        with StateStore(config.state.resolved_directory()) as store:
+            assert store.counts().pending == 0  # nothing left unsent that a count would miss
+    assert len(evaluations(dagster, unique_name, "late", count=2)) == 2
+    assert len(dagster.materializations([unique_name, "late"])) == 1
+    assert status()["reported_without_sidecar"] == []

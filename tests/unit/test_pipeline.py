@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import threading
@@ -16,6 +17,7 @@ from asset_watcher.fingerprint import file_stat
 from asset_watcher.model import Change, ChangeKind, Found
 from asset_watcher.pipeline import Pipeline
 from asset_watcher.rules import compile_rules
+from asset_watcher.settle import WAITS_NOTED_SECONDS
 from asset_watcher.state import DB_NAME, StateStore
 from tests.support.agent_run import skip_without_file_leases
 
@@ -298,3 +300,50 @@ def test_a_state_that_cannot_be_written_stops_the_pipeline_instead_of_losing_the
     finally:
         other.close()
     assert store.known(str(gone)) is not None  # nothing half done: the next start sees it
+
+
+def test_a_sidecar_found_by_a_scan_re_evaluates_its_check_once_and_what_waits_is_noted(
+    drop: Path, store: StateStore
+) -> None:
+    clock, wall = Clock(), Clock()
+    wall.now = time.time()  # sidecar waits count from the files' real ctimes
+    config = Config(
+        defaults={"settle_seconds": 1.0},
+        watch=[{"path": str(drop), "asset_key": "drop/{stem}", "checks": [
+            {"type": "checksum", "sidecar": "{relpath}.sha256", "wait_seconds": 300},
+        ]}],
+    )  # fmt: skip
+    pipeline = Pipeline(compile_rules(config, host="h"), store, clock=clock, wall_clock=wall)
+    waits, late = drop / "waits.csv", drop / "late.csv"
+    for path in (waits, late):
+        path.write_bytes(b"id\n1\n")
+        pipeline.handle(written(path, clock.now))
+    clock.now += 1.0
+    pipeline.settle_due()
+    pipeline.note_waits()
+    noted = store.waiting()
+    assert noted is not None and noted.total == 2
+    assert {(w.path, w.waits_for, w.what) for w in noted.files} == {
+        (str(waits), f"{waits}.sha256", "checksum sidecar"),
+        (str(late), f"{late}.sha256", "checksum sidecar"),
+    }
+    # Their wait is over: reported, their checks failed for the missing sidecars.
+    wall.now += 301.0
+    pipeline.waits_due()
+    assert pipeline.counts.reported == 2
+    pending = store.counts().pending
+    clock.now += WAITS_NOTED_SECONDS
+    pipeline.note_waits()
+    assert store.waiting() is not None and store.waiting().files == ()  # type: ignore[union-attr]
+    assert sorted(m.path for m in store.missing_sidecars()) == [str(late), str(waits)]
+    # Its sidecar comes while the agent is stopped: no event, a scan finds it (each scan
+    # does, a sidecar is never a reported version); the check alone is evaluated, once.
+    sidecar = drop / "late.csv.sha256"
+    sidecar.write_text(hashlib.sha256(b"id\n1\n").hexdigest() + "  late.csv\n")
+    stat = file_stat(str(sidecar))
+    assert stat is not None
+    for _ in range(2):
+        pipeline.handle(Found(str(sidecar), stat))
+    assert store.counts().pending == pending + 1
+    assert [m.path for m in store.missing_sidecars()] == [str(waits)]
+    assert pipeline.counts.reported == 2

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from asset_watcher.model import FileStat
-from asset_watcher.settle import Origin, Settled, Settler
+from asset_watcher.settle import WAITS_NOTED_SECONDS, MarkerWaits, Origin, Settled, Settler
+from asset_watcher.state import Waiting
 
 
 class Clock:
@@ -159,3 +160,26 @@ def test_due_respects_its_limit_and_keeps_the_rest(settler: Settler, clock: Cloc
         settler.written(f"/d/{i}", stat(inode=i), 0.0)
     assert settler.due(limit=2) == ["/d/0", "/d/1"]
     assert sorted(settler.due()) == [f"/d/{i}" for i in range(5)]
+
+
+def test_what_waits_is_handed_out_for_noting_after_a_change_at_most_once_a_second() -> None:
+    waits = MarkerWaits()
+    # A new agent's first note replaces what a stopped one left, even with nothing waiting.
+    assert waits.to_note(200.0) == []
+    assert waits.to_note(300.0) is None  # nothing changed since
+    data = Settled("/d/a.csv", Origin.WRITTEN, stat(ctime_ns=5_000_000_000))
+    waits.park("/d/a.csv.sha256", data, until=305.0, what="checksum sidecar")
+    waits.park("/d/_READY", Settled("/d/b.csv", Origin.SEEN, stat()))
+    assert waits.to_note(200.0 + WAITS_NOTED_SECONDS / 2) is None  # too soon after the last
+    last = waits.to_note(200.0 + WAITS_NOTED_SECONDS)
+    assert last == [
+        Waiting("/d/a.csv", "/d/a.csv.sha256", "checksum sidecar", 5.0, 305.0),
+        Waiting("/d/b.csv", "/d/_READY", "ready marker", 1e-9, None),
+    ]
+    assert waits.appeared("/d/_READY")
+    # The last note of a stopping agent is not held back; a failed write is retried.
+    assert [w.path for w in waits.to_note(201.5, last=True) or []] == ["/d/a.csv"]
+    waits.note_failed()
+    assert waits.to_note(201.6, last=True) is not None
+    assert waits.unpark("/d/nothing.csv") is None
+    assert waits.to_note(400.0) is None  # unparking nothing changed nothing

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
+from asset_watcher.reports import iso_utc
 from asset_watcher.sidecars import algorithm_from_name, expected_digest, parse
+from tests.conftest import CliRun
 
 DATA = b"id,qty\n1,2\n"
 SHA256 = hashlib.sha256(DATA).hexdigest()
@@ -91,3 +95,36 @@ def test_sidecars_that_give_no_digest_say_why(text: str, reason: str) -> None:
 )
 def test_algorithm_from_the_sidecars_name(name: str, algorithm: str | None) -> None:
     assert algorithm_from_name(name) == algorithm
+
+
+def test_explain_names_the_sidecar_whether_present_and_until_when_the_file_waits(
+    cli: CliRun, tmp_path: Path, drop: Path, config_file: Callable[[str], Path]
+) -> None:
+    path = config_file(
+        f"""
+        [state]
+        directory = "{tmp_path / "state"}"
+        [[watch]]
+        path = "{drop}"
+        asset_key = "partner/{{stem}}"
+        [[watch.checks]]
+        type = "checksum"
+        sidecar = "{{relpath}}.sha256"
+        wait_seconds = 600
+        """
+    )
+    data = drop / "orders.csv"
+    data.write_bytes(b"id\n1\n")
+    until = data.stat().st_ctime + 600
+    waiting = cli("explain", "-c", str(path), str(data))
+    assert waiting.returncode == 0, waiting.stderr
+    assert (
+        f"  checksum sidecar (checksum, sha256): {data}.sha256 (missing; waited for up to 600s)\n"
+        in waiting.stdout
+    )
+    shown = iso_utc(int(until * 1e9))
+    assert f"  waits for its sidecar {data}.sha256 until {shown}," in waiting.stdout
+    (drop / "orders.csv.sha256").write_text(hashlib.sha256(b"id\n1\n").hexdigest() + "\n")
+    present = cli("explain", "-c", str(path), str(data))
+    assert f"{data}.sha256 (present; waited for up to 600s)\n" in present.stdout
+    assert "waits for its sidecar" not in present.stdout

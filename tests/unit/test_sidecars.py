@@ -115,7 +115,7 @@ def test_explain_names_the_sidecar_whether_present_and_until_when_the_file_waits
     )
     data = drop / "orders.csv"
     data.write_bytes(b"id\n1\n")
-    until = data.stat().st_ctime + 600
+    until = data.stat().st_ctime_ns / 1e9 + 600  # as the agent computes it (float-exact)
     waiting = cli("explain", "-c", str(path), str(data))
     assert waiting.returncode == 0, waiting.stderr
     assert (

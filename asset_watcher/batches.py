@@ -4,9 +4,9 @@ What a batch is, read from a folder: its members grouped by the rule's `group`, 
 marker and manifest (never members), the batch's own match (key, partition and
 description from the fields its members share), the manifest's entries and the
 `manifest` check, and the per-member checks folded into one evaluation per check. The
-decision (is the batch complete, is it a new version) is `Versions.decide_batches`; this
-module holds what it is built from, and `BatchFolders`, the run-mode bookkeeping of which
-folders to look at when (an injected clock, like settle.py).
+decision (is the batch complete, is it a new version) is `batch_versions.decide_batches`;
+this module holds what it is built from, and `BatchFolders`, the run-mode bookkeeping of
+which folders to look at when (an injected clock, like settle.py).
 """
 
 from __future__ import annotations

@@ -365,7 +365,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def _explain_batch(config: Config, rules: Any, rule: Any, path: str) -> None:
     """Which batch a file (or marker, or manifest) belongs to, and what it still waits
     for: the batch decision without reading the members (no state change)."""
-    from asset_watcher.versions import BatchWaits, Versions, describe_batch
+    from asset_watcher.batch_versions import BatchWaits, decide_batches, describe_batch
+    from asset_watcher.versions import Versions
 
     batch = rule.settings.batch
     how = {"marker": batch.marker, "manifest": batch.manifest}.get(batch.complete_when)
@@ -375,7 +376,8 @@ def _explain_batch(config: Config, rules: Any, rule: Any, path: str) -> None:
         f" complete by {batch.complete_when}{shown}"
     )
     with _open_existing_store(config, read_only=True) as store:
-        decisions = Versions(store, rules).decide_batches(rule, os.path.dirname(path), read=False)
+        versions = Versions(store, rules)
+        decisions = decide_batches(versions, rule, os.path.dirname(path), read=False)
     for decision in decisions:
         print(f"  {describe_batch(decision)}")
         if isinstance(decision, BatchWaits):

@@ -21,6 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from asset_watcher.batch_versions import (
+    BatchRecord,
+    BatchUnchanged,
+    BatchWaits,
+    apply_batch,
+    decide_batches,
+    describe_batch,
+)
 from asset_watcher.batches import BatchFolders
 from asset_watcher.errors import StateError
 from asset_watcher.fingerprint import file_stat, stat_of
@@ -31,9 +39,6 @@ from asset_watcher.rules import Owners, Rule, owner
 from asset_watcher.settle import LinkRenames, MarkerWaits, Origin, Settled, Settler
 from asset_watcher.state import StateStore
 from asset_watcher.versions import (
-    BatchRecord,
-    BatchUnchanged,
-    BatchWaits,
     CarryOver,
     Decision,
     Look,
@@ -44,7 +49,6 @@ from asset_watcher.versions import (
     Skip,
     Touch,
     Versions,
-    describe_batch,
     describe_carry_over,
 )
 
@@ -286,10 +290,10 @@ class Pipeline:
                 continue  # reloaded away
             versions = self._rules.versions
             try:
-                decisions = versions.decide_batches(rule, folder)
+                decisions = decide_batches(versions, rule, folder)
                 with self.store.batch():
                     for decision in decisions:
-                        versions.apply_batch(decision)
+                        apply_batch(versions, decision)
             except StateError as exc:
                 log.error("cannot record batches in %s, trying again later: %s",
                           display_path(folder), exc)  # fmt: skip

@@ -14,6 +14,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from asset_watcher.batch_versions import (
+    BatchRecord,
+    BatchSkip,
+    BatchUnchanged,
+    BatchWaits,
+    apply_batch,
+    decide_batches,
+    describe_batch,
+)
 from asset_watcher.fingerprint import stat_of
 from asset_watcher.model import FileMatch, FileStat, Report
 from asset_watcher.paths import display_path
@@ -21,10 +30,6 @@ from asset_watcher.reports import iso_utc
 from asset_watcher.rules import Rule, is_utf8, owner
 from asset_watcher.state import KnownVersion, StateStore
 from asset_watcher.versions import (
-    BatchRecord,
-    BatchSkip,
-    BatchUnchanged,
-    BatchWaits,
     CarryOver,
     Look,
     Park,
@@ -34,7 +39,6 @@ from asset_watcher.versions import (
     Touch,
     Unchanged,
     Versions,
-    describe_batch,
     describe_carry_over,
 )
 
@@ -191,9 +195,9 @@ def _scan_batches(
         if not entries:
             continue
         look = Look(force=force, settle_at=clock())
-        for decision in versions.decide_batches(rule, folder, look):
+        for decision in decide_batches(versions, rule, folder, look):
             if not dry_run:
-                versions.apply_batch(decision)
+                apply_batch(versions, decision)
             if isinstance(decision, BatchRecord):
                 result.reported += 1
                 log.info("%s", describe_batch(decision))

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from asset_watcher.model import stat_key
-from asset_watcher.state import DB_NAME, SCHEMA_VERSION, StateStore
+from asset_watcher.schema import SCHEMA_VERSION
+from asset_watcher.state import DB_NAME, StateStore
 from tests.conftest import CliRun
 from tests.support.sink import Sink
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from asset_watcher.batch_versions import BatchReady, BatchWaits, decide_batches
 from asset_watcher.batches import BatchFolders, parse_manifest
 from asset_watcher.config import Config, load_config
 from asset_watcher.errors import ConfigError
@@ -20,7 +21,7 @@ from asset_watcher.pipeline import Pipeline
 from asset_watcher.rules import Rule, compile_rules, owner
 from asset_watcher.scan import scan
 from asset_watcher.state import StateStore
-from asset_watcher.versions import BatchReady, BatchWaits, Versions
+from asset_watcher.versions import Versions
 
 
 class Clock:
@@ -325,7 +326,7 @@ def test_a_member_still_settling_holds_the_batch(drop: Path, store: StateStore) 
     aged(folder / "_SUCCESS", b"")
     (folder / "b.csv").write_bytes(b"fresh")
     rules = rules_for(drop, {"complete_when": "marker", "marker": "_SUCCESS"})
-    (decision,) = Versions(store, rules).decide_batches(rules[0], str(folder), read=False)
+    (decision,) = decide_batches(Versions(store, rules), rules[0], str(folder), read=False)
     assert isinstance(decision, BatchWaits) and "b.csv" in decision.waiting_for
     assert decision.again_in_seconds == 1.0
 
@@ -423,7 +424,7 @@ def test_explain_view_does_not_read(drop: Path, store: StateStore) -> None:
     aged(folder / "a")
     aged(folder / "_SUCCESS", b"")
     rules = rules_for(drop, {"complete_when": "marker", "marker": "_SUCCESS"})
-    (decision,) = Versions(store, rules, clock=later).decide_batches(
-        rules[0], str(folder), read=False
+    (decision,) = decide_batches(
+        Versions(store, rules, clock=later), rules[0], str(folder), read=False
     )
     assert isinstance(decision, BatchReady) and decision.file_count == 1

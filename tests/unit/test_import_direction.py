@@ -11,8 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 ORDER = [
     "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "expect",
     "sidecars", "config", "metrics", "rules", "fingerprint", "checks", "reports", "batches",
-    "state", "heartbeat",
-    "arrivals", "versions", "scan", "scanner", "settle", "watchdog_hooks", "observe",
+    "schema", "state", "heartbeat",
+    "arrivals", "versions", "batch_versions", "scan", "scanner", "settle", "watchdog_hooks",
+    "observe",
     "deadlines", "reporter", "delivery",
     "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
 ]  # fmt: skip
@@ -21,7 +22,7 @@ THIRD_PARTY_HOMES = {
     "watchdog": ("observe", "watchdog_hooks"),  # its private internals: watchdog_hooks only
     "requests": ("reporter",),
     "urllib3": ("reporter",),
-    "sqlite3": ("state",),
+    "sqlite3": ("schema", "state"),
     "pydantic": ("config",),
     "pydantic_settings": ("config",),
     "dagster": ("dagster",),

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from asset_watcher import metrics, systemd
 from asset_watcher.arrivals import WindowTimer
-from asset_watcher.config import Config, DagsterSettings, SecretStr, load_config
+from asset_watcher.config import Config, SecretStr, load_config
 from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import EXIT_FAILED, EXIT_OK, AssetWatcherError, ConfigError
 from asset_watcher.heartbeat import HeartbeatSchedule, heartbeat_key, queue_heartbeat
@@ -30,6 +30,7 @@ from asset_watcher.pipeline import Pipeline
 from asset_watcher.reporter import Reporter
 from asset_watcher.rules import Rule, compile_rules, short_host_name
 from asset_watcher.scanner import Scanner
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.signals import HangupCounter, SignalFlags, handle_signals
 from asset_watcher.state import StateStore
 from asset_watcher.watches import SUPERVISE_SECONDS, Watches

@@ -21,7 +21,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-from asset_watcher.config import (
+from asset_watcher.model import FileMatch, Fingerprint
+from asset_watcher.paths import display_path, utf8_path
+from asset_watcher.rules import Rule
+from asset_watcher.settings import (
     CheckSettings,
     ChecksumCheck,
     CsvHeaderCheck,
@@ -31,9 +34,6 @@ from asset_watcher.config import (
     RowCountCheck,
     SizeCheck,
 )
-from asset_watcher.model import FileMatch, Fingerprint
-from asset_watcher.paths import display_path, utf8_path
-from asset_watcher.rules import Rule
 from asset_watcher.sidecars import SIDECAR_MAX_BYTES, expected_digest
 
 log = logging.getLogger(__name__)

@@ -35,18 +35,12 @@ from typing import Any
 
 import dagster as dg
 
-from asset_watcher.config import (
-    CheckSettings,
-    Config,
-    ExpectSettings,
-    HeartbeatSettings,
-    load_config,
-    template_fields,
-)
+from asset_watcher.config import Config, load_config
 from asset_watcher.heartbeat import heartbeat_key
 from asset_watcher.model import FileMatch
 from asset_watcher.reports import file_uri
 from asset_watcher.rules import Rule, compile_rules, short_host_name
+from asset_watcher.settings import CheckSettings, ExpectSettings, HeartbeatSettings, template_fields
 
 log = logging.getLogger(__name__)
 

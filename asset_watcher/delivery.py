@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from asset_watcher import metrics
-from asset_watcher.config import DagsterSettings
 from asset_watcher.model import EventKind, dynamic_partition_of
 from asset_watcher.reporter import Answer
 from asset_watcher.retry import (
@@ -30,6 +29,7 @@ from asset_watcher.retry import (
     backoff_seconds,
     is_shared_trouble,
 )
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import OutboxItem, StateStore, order_key_parts
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from asset_watcher import __version__
-from asset_watcher.config import HeartbeatSettings
 from asset_watcher.model import EventKind, Report
 from asset_watcher.reports import event_report, iso_utc
+from asset_watcher.settings import HeartbeatSettings
 from asset_watcher.state import OutboxCounts, StateStore
 
 

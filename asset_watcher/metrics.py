@@ -14,8 +14,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from asset_watcher.config import MetricsSettings, parse_listen
 from asset_watcher.errors import ConfigError
+from asset_watcher.settings import MetricsSettings, parse_listen
 
 log = logging.getLogger(__name__)
 

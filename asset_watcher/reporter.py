@@ -41,7 +41,7 @@ import urllib3.connection
 import urllib3.exceptions
 from urllib3.util.wait import wait_for_read
 
-from asset_watcher.config import DagsterSettings, SecretStr
+from asset_watcher.config import SecretStr
 from asset_watcher.deadlines import Deadline, DeadlineWatch
 from asset_watcher.model import EventKind
 from asset_watcher.retry import (
@@ -50,6 +50,7 @@ from asset_watcher.retry import (
     classify_partition_add,
     retry_after_seconds,
 )
+from asset_watcher.settings import DagsterSettings
 
 log = logging.getLogger(__name__)
 

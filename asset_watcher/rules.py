@@ -16,17 +16,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from asset_watcher.config import (
-    BATCH_FIELDS,
-    ChecksumCheck,
-    Config,
-    WatchRule,
-    folder_groups,
-    template_fields,
-)
+from asset_watcher.config import Config, WatchRule
 from asset_watcher.globs import glob_to_regex, ignore_regex
 from asset_watcher.model import EventKind, FileMatch
 from asset_watcher.paths import display_path, relative_to
+from asset_watcher.settings import BATCH_FIELDS, ChecksumCheck, folder_groups, template_fields
 
 log = logging.getLogger(__name__)
 

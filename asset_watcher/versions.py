@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from asset_watcher import metrics
 from asset_watcher.arrivals import expectations, file_arrival, with_arrival
 from asset_watcher.checks import evaluate
-from asset_watcher.config import ChecksumCheck
 from asset_watcher.fingerprint import (
     FileChangedError,
     NotRegularFileError,
@@ -46,6 +45,7 @@ from asset_watcher.model import FileMatch, FileStat, Fingerprint, Report
 from asset_watcher.paths import display_path, through_link
 from asset_watcher.reports import check_report, reports_for_version
 from asset_watcher.rules import Rule, owner
+from asset_watcher.settings import ChecksumCheck
 from asset_watcher.state import KnownVersion, SidecarSeen, StateStore, Window
 
 log = logging.getLogger(__name__)

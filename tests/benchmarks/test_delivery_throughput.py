@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from asset_watcher.config import DagsterSettings
 from asset_watcher.delivery import Deliverer
 from asset_watcher.model import EventKind
 from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import StateStore
 from tests.conftest import REPO_ROOT
 from tests.support.queueing import queue_reports

@@ -5,11 +5,11 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from asset_watcher.config import DagsterSettings
 from asset_watcher.delivery import Deliverer
 from asset_watcher.model import EventKind
 from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import StateStore
 from tests.support.agent_run import poll_until
 from tests.support.queueing import queue_reports

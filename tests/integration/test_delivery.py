@@ -20,13 +20,14 @@ from typing import Any
 
 import pytest
 
-from asset_watcher.config import DagsterSettings, SecretStr
+from asset_watcher.config import SecretStr
 from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import StateError
 from asset_watcher.model import EventKind, Report
 from asset_watcher.reporter import Reporter
 from asset_watcher.reports import event_report
 from asset_watcher.retry import Verdict
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import StateStore
 from tests.support.agent_run import poll_until
 from tests.support.queueing import queue_reports

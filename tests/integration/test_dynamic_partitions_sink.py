@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from asset_watcher.config import DagsterSettings, SecretStr
+from asset_watcher.config import SecretStr
 from asset_watcher.model import EventKind
 from asset_watcher.reporter import Reporter
 from asset_watcher.retry import Verdict
+from asset_watcher.settings import DagsterSettings
 from tests.support.sink import Response, Sink
 
 TOKEN = "s3cr3t-token-value"

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
-from asset_watcher.config import DagsterSettings
 from asset_watcher.delivery import Deliverer, DrainSummary
 from asset_watcher.model import EventKind, Report
 from asset_watcher.reporter import MAX_ANSWER_BYTES, Reporter
 from asset_watcher.reports import event_report
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import StateStore
 from tests.conftest import CliRun
 from tests.support.hostile import Conn, Hostile, Request, Script, answer, answering

@@ -11,12 +11,13 @@ import pytest
 import requests
 
 from asset_watcher import metrics
-from asset_watcher.config import MetricsSettings, load_config
+from asset_watcher.config import load_config
 from asset_watcher.delivery import Deliverer
 from asset_watcher.errors import ConfigError
 from asset_watcher.reporter import Reporter
 from asset_watcher.rules import compile_rules
 from asset_watcher.scan import scan
+from asset_watcher.settings import MetricsSettings
 from asset_watcher.state import StateStore
 from tests.support.sink import Sink
 

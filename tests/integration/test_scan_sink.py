@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from asset_watcher.config import DagsterSettings
 from asset_watcher.model import EventKind
 from asset_watcher.reporter import Answer, Reporter
 from asset_watcher.retry import Verdict
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import DB_NAME
 from tests.conftest import CliRun
 from tests.support.sink import Sink

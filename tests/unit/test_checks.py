@@ -12,20 +12,20 @@ import pytest
 
 from asset_watcher import checks as checks_module
 from asset_watcher.checks import CheckResult, evaluate
-from asset_watcher.config import (
+from asset_watcher.config import load_config
+from asset_watcher.errors import ConfigError
+from asset_watcher.fingerprint import fingerprint
+from asset_watcher.model import EventKind, FileMatch, Fingerprint
+from asset_watcher.reports import reports_for_version
+from asset_watcher.rules import compile_rules
+from asset_watcher.settings import (
     CsvHeaderCheck,
     GzipCheck,
     JsonCheck,
     NameRegexCheck,
     RowCountCheck,
     SizeCheck,
-    load_config,
 )
-from asset_watcher.errors import ConfigError
-from asset_watcher.fingerprint import fingerprint
-from asset_watcher.model import EventKind, FileMatch, Fingerprint
-from asset_watcher.reports import reports_for_version
-from asset_watcher.rules import compile_rules
 from asset_watcher.state import StateStore
 
 PACKAGE = Path(checks_module.__file__).parent

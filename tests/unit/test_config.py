@@ -195,7 +195,7 @@ def test_token_sources_in_order(
 
 
 def test_state_directory_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from asset_watcher.config import StateSettings
+    from asset_watcher.settings import StateSettings
 
     monkeypatch.setenv("STATE_DIRECTORY", f"{tmp_path}/a:{tmp_path}/b")
     assert StateSettings().resolved_directory() == tmp_path / "a"

@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 
-from asset_watcher.config import DagsterSettings
 from asset_watcher.delivery import (
     REPEAT_NOT_SENT,
     REPEAT_REFUSED,
@@ -31,6 +30,7 @@ from asset_watcher.model import EventKind, Report
 from asset_watcher.reporter import Answer
 from asset_watcher.reports import check_report, event_report
 from asset_watcher.retry import Verdict, classify
+from asset_watcher.settings import DagsterSettings
 from asset_watcher.state import OutboxItem, StateStore
 from tests.support.queueing import queue_reports
 from tests.support.waiting import poll_until

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from asset_watcher.config import (
+from asset_watcher.config import RuleDefaults, WatchRule, load_config
+from asset_watcher.settings import (
     ChecksumCheck,
     CsvHeaderCheck,
     DagsterSettings,
@@ -19,11 +20,8 @@ from asset_watcher.config import (
     MetricsSettings,
     NameRegexCheck,
     RowCountCheck,
-    RuleDefaults,
     SizeCheck,
     StateSettings,
-    WatchRule,
-    load_config,
 )
 
 if sys.version_info >= (3, 11):

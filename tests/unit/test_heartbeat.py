@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from asset_watcher import __version__
-from asset_watcher.config import Config, HeartbeatSettings, load_config
+from asset_watcher.config import Config, load_config
 from asset_watcher.errors import ConfigError
 from asset_watcher.heartbeat import (
     AgentFacts,
@@ -21,6 +21,7 @@ from asset_watcher.heartbeat import (
 )
 from asset_watcher.model import EventKind, FileStat
 from asset_watcher.reports import event_report
+from asset_watcher.settings import HeartbeatSettings
 from asset_watcher.state import OutboxCounts, StateStore
 from tests.conftest import CliRun
 

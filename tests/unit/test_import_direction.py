@@ -10,7 +10,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "asset_watcher"
 # Earliest first. A module may import only modules listed before it.
 ORDER = [
     "errors", "model", "paths", "globs", "logs", "systemd", "signals", "retry", "expect",
-    "sidecars", "config", "metrics", "rules", "fingerprint", "checks", "reports", "batches",
+    "sidecars", "settings", "config", "metrics", "rules", "fingerprint", "checks",
+    "reports", "batches",
     "schema", "state", "heartbeat",
     "arrivals", "versions", "batch_versions", "scan", "scanner", "settle", "watchdog_hooks",
     "observe",
@@ -23,7 +24,7 @@ THIRD_PARTY_HOMES = {
     "requests": ("reporter",),
     "urllib3": ("reporter",),
     "sqlite3": ("schema", "state"),
-    "pydantic": ("config",),
+    "pydantic": ("settings", "config"),
     "pydantic_settings": ("config",),
     "dagster": ("dagster",),
     "prometheus_client": ("metrics",),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -160,6 +159,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from asset_watcher.rules import compile_rules
     from asset_watcher.scan import scan
     from asset_watcher.state import StateStore
+    from asset_watcher.status import open_existing_store
 
     config = _load(args)
     rules = compile_rules(config)
@@ -167,7 +167,7 @@ def cmd_scan(args: argparse.Namespace) -> int:
         log.warning("no [[watch]] rules configured in %s; nothing to scan", config.source)
     if args.dry_run:
         # Read what was reported before, hold no lock, write nothing.
-        store = _open_existing_store(config, read_only=True)
+        store = open_existing_store(config, read_only=True)
     else:
         store = StateStore(config.state.resolved_directory())
     with store:
@@ -312,305 +312,25 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from asset_watcher.fingerprint import file_stat
-    from asset_watcher.paths import display_path
-    from asset_watcher.rules import compile_rules, explain
+    from asset_watcher import explain
 
-    config = _load(args)
-    rules = compile_rules(config)
-    by_name = {rule.name: rule for rule in rules}
-    for raw in args.paths:
-        path = os.path.abspath(raw)
-        print(display_path(path))
-        if file_stat(path) is None:
-            print("  note: not a regular file here now (explained by name only)")
-        match, reasons = explain(rules, path)
-        for rule_name, reason in reasons:
-            print(f"  rule {rule_name}: no: {reason}")
-        control = next((r for r in rules if r.is_batch_control(path)), None)
-        if match is None and control is not None:
-            _explain_batch(config, rules, control, path)
-            continue
-        if match is None:
-            print("  not reported: no rule owns it")
-            continue
-        rule = by_name[match.rule_name]
-        real = os.path.join(rule.real_root, match.relpath)
-        if not rule.settings.follow_symlinks and os.path.realpath(path) != real:
-            print("  not reported: reached through a symbolic link (links are not followed)")
-            continue
-        print(f"  rule {rule.name}: owns it")
-        print(f"  event: {rule.event.value}")
-        print(f"  asset key parts: {json.dumps(list(match.asset_key), ensure_ascii=False)}")
-        print(f"  partition: {match.partition if match.partition is not None else '(none)'}")
-        if rule.settings.dynamic_partitions and match.partition is not None:
-            print(
-                f"  dynamic partitions: {rule.settings.dynamic_partitions} (the key is added "
-                "before its first report)"
-            )
-        if match.description:
-            print(f"  description: {match.description}")
-        marker = rule.marker_for(match)
-        if marker:
-            print(f"  ready marker: {display_path(marker)}")
-        for check in rule.settings.checks:
-            print(f"  check: {check.check_name} ({check.type}, {check.severity})")
-        _explain_sidecars(rule, match)
-        _explain_expectation(rule)
-        if rule.is_batch:
-            _explain_batch(config, rules, rule, path)
-    return EXIT_OK
-
-
-def _explain_batch(config: Config, rules: Any, rule: Any, path: str) -> None:
-    """Which batch a file (or marker, or manifest) belongs to, and what it still waits
-    for: the batch decision without reading the members (no state change)."""
-    from asset_watcher.batch_versions import BatchWaits, decide_batches, describe_batch
-    from asset_watcher.versions import Versions
-
-    batch = rule.settings.batch
-    how = {"marker": batch.marker, "manifest": batch.manifest}.get(batch.complete_when)
-    shown = f" {how}" if how else f" after {batch.quiet_seconds:g}s without a change"
-    print(
-        f"  batch of rule {rule.name}: group {batch.group!r},"
-        f" complete by {batch.complete_when}{shown}"
-    )
-    with _open_existing_store(config, read_only=True) as store:
-        versions = Versions(store, rules)
-        decisions = decide_batches(versions, rule, os.path.dirname(path), read=False)
-    for decision in decisions:
-        print(f"  {describe_batch(decision)}")
-        if isinstance(decision, BatchWaits):
-            print(f"    incomplete for {time.time() - decision.since:.0f}s")
-
-
-def _explain_sidecars(rule: Any, match: Any) -> None:
-    from asset_watcher.fingerprint import file_stat
-    from asset_watcher.paths import display_path
-    from asset_watcher.reports import iso_utc
-    from asset_watcher.versions import sidecar_wait
-
-    for check in rule.checksum_checks:
-        sidecar = rule.sidecar_for(match, check)
-        present = sidecar is not None and os.path.exists(sidecar)
-        print(
-            f"  checksum sidecar ({check.check_name}, {check.digest_algorithm}): "
-            f"{display_path(sidecar or '(cannot render)')}"
-            f" ({'present' if present else 'missing'}; waited for up to {check.wait_seconds:g}s)"
-        )
-    stat = file_stat(match.path, rule.settings.follow_symlinks)
-    waiting = sidecar_wait(rule, match, stat, time.time()) if stat is not None else None
-    if waiting is not None and waiting.until is not None:
-        print(
-            f"  waits for its sidecar {display_path(waiting.marker)} until "
-            f"{iso_utc(int(waiting.until * 1e9))}, then is reported with the check failed"
-        )
-
-
-def _explain_expectation(rule: Any) -> None:
-    from asset_watcher.arrivals import expectation_of
-
-    expectation = expectation_of(rule)
-    if expectation is None:
-        return
-    expect = rule.settings.expect
-    due = expectation.schedule.next_due(time.time())
-    print(
-        f"  expected: {expect.cron} ({expect.timezone}), window {expect.grace_minutes:g} min,"
-        f" check {expectation.check_name} ({expectation.severity})"
-    )
-    print(f"  next due: {expectation.iso(due)}")
-    partition = expectation.partition_of(due)
-    if partition is not None:
-        print(f"  next due partition: {partition}")
+    return explain.show(_load(args), args.paths)
 
 
 # -- outbox -------------------------------------------------------------------------------
 
 
-def _open_existing_store(config: Config, *, read_only: bool) -> Any:
-    """The agent's state, without its lock; an empty one in memory when there is none yet
-    (a fresh host is healthy, not broken)."""
-    from asset_watcher.state import DB_NAME, StateStore
-
-    directory = config.state.resolved_directory()
-    if not (directory / DB_NAME).exists():
-        return StateStore(None)
-    return StateStore(directory, lock=False, create=False, read_only=read_only)
-
-
-STATUS_DEAD_LISTED = 20  # dead letters shown by `status`
-
-
 def cmd_status(args: argparse.Namespace) -> int:
-    from asset_watcher.arrivals import expectations, overview
-    from asset_watcher.paths import display_path
-    from asset_watcher.rules import compile_rules
-    from asset_watcher.state import order_key_parts
+    from asset_watcher import status
 
-    config = _load(args)
-    with _open_existing_store(config, read_only=True) as store:
-        now = time.time()
-        expected = [
-            overview(expectation, store, now, store.expectation_started(name))
-            for name, expectation in expectations(compile_rules(config)).items()
-        ]
-        counts = store.counts()
-        last_error = store.meta("last_error")
-        last_error_at = store.meta("last_error_at")
-        last_success = store.meta("last_success")
-        dead = store.dead_letter_items(STATUS_DEAD_LISTED)
-        aside = store.set_aside_items(STATUS_DEAD_LISTED)
-        batches = store.pending_batches()
-        waiting = store.waiting()
-        unsidecared = store.missing_sidecars()
-    age = time.time() - counts.oldest_pending_at if counts.oldest_pending_at else None
-    dead_letters = []
-    for letter in dead:
-        key, partition = order_key_parts(letter.order_key)
-        dead_letters.append(
-            {
-                "event": letter.kind.value,
-                "asset_key": list(key),
-                "partition": partition,
-                "failed_at": letter.failed_at,
-                "error": letter.error,
-            }
-        )
-    set_aside = []
-    for entry in aside:
-        key, partition = order_key_parts(entry.order_key)
-        try:
-            check_name = json.loads(entry.body).get("check_name")
-        except (ValueError, AttributeError):
-            check_name = None
-        set_aside.append(
-            {
-                "event": entry.kind.value,
-                "asset_key": list(key),
-                "partition": partition,
-                "check_name": check_name,
-                "set_aside_at": entry.set_aside_at,
-                "reason": entry.reason,
-            }
-        )
-    data = {
-        "state_directory": str(config.state.resolved_directory()),
-        "tracked_files": counts.tracked_files,
-        "pending": counts.pending,
-        "dead": counts.dead,
-        "set_aside": counts.set_aside,
-        "oldest_pending_age_seconds": round(age, 3) if age is not None else None,
-        "last_success_at": float(last_success) if last_success else None,
-        "last_error": last_error,
-        "last_error_at": float(last_error_at) if last_error_at else None,
-        "dead_letters": dead_letters,
-        "set_aside_reports": set_aside,
-        # Written by `run` and `scan` each time they look at a batch's folder.
-        "incomplete_batches": [
-            {
-                "rule": b.rule,
-                "folder": b.folder,
-                "group": b.group,
-                "waiting_for": b.waiting_for,
-                "age_seconds": round(now - b.since, 3),
-                "seen_at": b.updated_at,
-            }
-            for b in batches
-        ],
-        # Written by `run` (at most once a second) when what waits changes; kept after it
-        # stops, and replaced when it starts again.
-        "waiting_noted_at": waiting.noted_at if waiting else None,
-        "waiting_files_total": waiting.total if waiting else 0,
-        "waiting_files": [
-            {
-                "path": display_path(w.path),
-                "waits_for": display_path(w.waits_for),
-                "what": w.what,
-                "age_seconds": round(now - w.since, 3),
-                "since": w.since,
-                "until": w.until,
-            }
-            for w in (waiting.files if waiting else ())
-        ],
-        # Reported files whose checksum check last failed for a missing sidecar: a late
-        # sidecar still re-evaluates it.
-        "reported_without_sidecar": [
-            {
-                "path": display_path(m.path),
-                "check_name": m.check_name,
-                "sidecar": display_path(m.sidecar),
-            }
-            for m in unsidecared
-        ],
-        "expected_arrivals": [
-            {
-                "rule": o.rule,
-                "next_due": o.next_due,
-                "next_partition": o.next_partition,
-                "overdue": list(o.overdue),
-                "missed": list(o.missed),
-            }
-            for o in expected
-        ],
-    }
-    if args.json:
-        print(json.dumps(data, ensure_ascii=False))
-        return EXIT_OK
-    for name, value in data.items():
-        if isinstance(value, list):
-            continue  # listed below, one line each
-        if name.endswith("_at") and isinstance(value, float):
-            value = f"{_iso_local(value)} ({time.time() - value:.0f}s ago)"
-        print(f"{name}: {value if value is not None else '-'}")
-    for entry in dead_letters:
-        partition = f" [{entry['partition']}]" if entry["partition"] else ""
-        print(
-            f"  dead {entry['event']} {'/'.join(entry['asset_key'])}{partition}: {entry['error']}"
-        )
-    if counts.dead > len(dead_letters):
-        print(f"  ... and {counts.dead - len(dead_letters)} more dead letter(s)")
-    for entry in set_aside:
-        partition = f" [{entry['partition']}]" if entry["partition"] else ""
-        what = f"check {entry['check_name']}" if entry["check_name"] else entry["event"]
-        print(f"  set aside {what} of {'/'.join(entry['asset_key'])}{partition}: {entry['reason']}")
-    if counts.set_aside > len(set_aside):
-        print(f"  ... and {counts.set_aside - len(set_aside)} more set aside before those")
-    for entry in data["incomplete_batches"]:
-        print(
-            f"batch {entry['folder']} (group {entry['group']!r}, rule {entry['rule']}): "
-            f"waits for {entry['waiting_for']}, {entry['age_seconds']:.0f}s old"
-        )
-    for entry in data["waiting_files"]:
-        until = f", until {_iso_local(entry['until'])}" if entry["until"] is not None else ""
-        print(
-            f"waiting {entry['path']}: for its {entry['what']} {entry['waits_for']},"
-            f" {entry['age_seconds']:.0f}s since its last change{until}"
-        )
-    if data["waiting_files_total"] > len(data["waiting_files"]):
-        print(f"  ... and {data['waiting_files_total'] - len(data['waiting_files'])} more waiting")
-    for entry in data["reported_without_sidecar"]:
-        print(
-            f"reported without its sidecar {entry['path']}: check {entry['check_name']},"
-            f" {entry['sidecar']} missing (it is evaluated again when it comes)"
-        )
-    for o in expected:
-        partition = f" [{o.next_partition}]" if o.next_partition else ""
-        print(f"expected {o.rule}: next due {o.next_due}{partition}")
-        for due in o.overdue:
-            print(f"  overdue: due {due}, no file yet (window still open)")
-        for due in o.missed:
-            print(f"  missed: due {due}, no file came")
-    return EXIT_OK
-
-
-def _iso_local(timestamp: float) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(timestamp))
+    return status.show(_load(args), as_json=args.json)
 
 
 def cmd_retry_dead(args: argparse.Namespace) -> int:
+    from asset_watcher.status import open_existing_store
+
     config = _load(args)
-    with _open_existing_store(config, read_only=False) as store:
+    with open_existing_store(config, read_only=False) as store:
         count = store.retry_dead()
     print(f"requeued {count} dead-lettered report(s)")
     return EXIT_OK

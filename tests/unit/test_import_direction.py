@@ -16,7 +16,8 @@ ORDER = [
     "arrivals", "versions", "batch_versions", "scan", "scanner", "settle", "watchdog_hooks",
     "observe",
     "deadlines", "reporter", "delivery",
-    "pipeline", "dagster", "watches", "agent", "demo", "cli", "__main__",
+    "pipeline", "dagster", "watches", "agent", "demo", "status", "explain", "cli",
+    "__main__",
 ]  # fmt: skip
 
 THIRD_PARTY_HOMES = {

@@ -10,26 +10,43 @@ state and outbox together, so the file is simply found again.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import functools
-import json
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
 
 from asset_watcher.errors import StateError, StateLockedError
 from asset_watcher.model import EventKind, FileStat, Report
 from asset_watcher.schema import SCHEMA_VERSION, _checked_version, _migrate
+from asset_watcher.state_base import StoreBase, _locked, _split
+from asset_watcher.state_batches import BatchState, PendingBatch, ReportedBatch
+from asset_watcher.state_sidecars import SidecarSeen, SidecarState, Waiting, WaitingFiles
+from asset_watcher.state_windows import Window, WindowState
+
+# The feature mixins' values are importable from here, as before the split.
+__all__ = [
+    "DB_NAME",
+    "DeadLetter",
+    "KnownVersion",
+    "OutboxCounts",
+    "OutboxItem",
+    "PendingBatch",
+    "ReportedBatch",
+    "SetAside",
+    "SidecarSeen",
+    "StateStore",
+    "Waiting",
+    "WaitingFiles",
+    "Window",
+    "order_key_parts",
+]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 DB_NAME = "state.sqlite3"
 LOCK_NAME = "lock"
@@ -38,10 +55,6 @@ LAST_SUCCESS_EVERY_SECONDS = 1.0
 
 # Set-aside reports kept for `status`; older ones are dropped.
 SET_ASIDE_KEPT = 1000
-# The meta key holding what `run` has waiting for a ready marker or checksum sidecar, and
-# how many of those files it keeps there (the count is kept in full).
-WAITING_KEY = "waiting_files"
-WAITING_KEPT = 1000
 
 
 @dataclass(frozen=True)
@@ -50,59 +63,6 @@ class KnownVersion:
 
     stat: FileStat
     digest: str | None
-
-
-@dataclass(frozen=True)
-class ReportedBatch:
-    """A batch's last reported completion."""
-
-    completion: str
-    members: dict[str, list[int]]  # name -> [size, mtime_ns, inode]
-    data_version: str | None
-    reported_at: float
-
-
-@dataclass(frozen=True)
-class PendingBatch:
-    rule: str
-    folder: str
-    group: str
-    waiting_for: str
-    since: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class SidecarSeen:
-    """The sidecar one checksum check of a file read, and its `FileStat.key` then (None:
-    missing); `path` is the data file's, where a query returns several files'."""
-
-    check_name: str
-    sidecar: str
-    key: int | None
-    path: str = ""
-
-
-@dataclass(frozen=True)
-class Waiting:
-    """A complete file `run` holds back: it waits for `waits_for` (its `what`: ready
-    marker or checksum sidecar) since `since` (its last change, wall clock), a sidecar
-    only `until`."""
-
-    path: str
-    waits_for: str
-    what: str
-    since: float
-    until: float | None
-
-
-@dataclass(frozen=True)
-class WaitingFiles:
-    """The files `run` last said wait, as of `noted_at`; `total` counts those not kept."""
-
-    noted_at: float
-    total: int
-    files: tuple[Waiting, ...]
 
 
 @dataclass(frozen=True)
@@ -149,20 +109,6 @@ def order_key_parts(order_key: str) -> tuple[tuple[str, ...], str | None]:
 
 
 @dataclass(frozen=True)
-class Window:
-    """One judged window of a rule's expectation (SPEC 15), as the state holds it."""
-
-    rule: str
-    due_at: int  # UTC epoch seconds
-    outcome: str  # "on_time" or "missed"
-    arrived_at: float | None = None  # a missed window's late file, if one came
-
-
-# Judged windows kept this long before the newest: windows are judged up to 7 days late.
-WINDOWS_KEPT_SECONDS = 14 * 86400
-
-
-@dataclass(frozen=True)
 class OutboxCounts:
     tracked_files: int
     pending: int
@@ -171,45 +117,7 @@ class OutboxCounts:
     set_aside: int
 
 
-def _partition_add_needless(
-    db: sqlite3.Connection, order_key: str, body: str, added: tuple[str, str]
-) -> bool:
-    """Whether a dynamic partition add can be left out: Dagster acknowledged the key, or
-    the same add is queued already for this order key (it goes ahead of this version's
-    reports as well). An add queued under another asset's order key does not count: it
-    is not ordered before these reports."""
-    if db.execute(
-        "SELECT 1 FROM dynamic_partitions WHERE partitions_def = ? AND partition_key = ?", added
-    ).fetchone():
-        return True
-    queued = db.execute(
-        "SELECT 1 FROM outbox WHERE order_key = ? AND kind = ? AND body = ? LIMIT 1",
-        (order_key, EventKind.PARTITION.value, body),
-    ).fetchone()
-    return queued is not None
-
-
-def _split(path: str) -> tuple[bytes, bytes]:
-    raw = os.fsencode(path)
-    head, _, tail = raw.rpartition(b"/")
-    return head, tail
-
-
-def _locked(method: Callable[..., T]) -> Callable[..., T]:
-    """Serialize a method on the store's lock: one connection is shared by threads."""
-
-    @functools.wraps(method)
-    def wrapper(self: StateStore, *args: Any, **kwargs: Any) -> T:
-        with self.lock:
-            try:
-                return method(self, *args, **kwargs)
-            except sqlite3.Error as exc:
-                raise StateError(f"state database in {self.directory}: {exc}") from None
-
-    return wrapper
-
-
-class StateStore:
+class StateStore(BatchState, SidecarState, WindowState, StoreBase):
     """One SQLite connection shared by the agent's threads; every method holds `lock`."""
 
     def __init__(
@@ -316,63 +224,6 @@ class StateStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT; a full disk becomes a StateError, never silence."""
-        with self.lock, self._errors_as_state_errors():
-            if self._batch_depth:
-                yield from self._savepoint()
-                return
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                if self.db.in_transaction:
-                    self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
-
-    def _savepoint(self) -> Iterator[sqlite3.Connection]:
-        """A transaction inside a batch: atomic on its own, committed with the batch."""
-        self._batch_depth += 1
-        name = f"change_{self._batch_depth}"
-        try:
-            self.db.execute(f"SAVEPOINT {name}")
-            try:
-                yield self.db
-            except BaseException:
-                if self.db.in_transaction:  # SQLite may have rolled back the whole batch
-                    self.db.execute(f"ROLLBACK TO {name}")
-                    self.db.execute(f"RELEASE {name}")
-                raise
-            self.db.execute(f"RELEASE {name}")
-        finally:
-            self._batch_depth -= 1
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        """Many changes, one commit: each `transaction()` inside becomes a savepoint. The
-        store stays locked for the batch, so keep it short."""
-        with self.transaction():
-            self._batch_depth += 1
-            try:
-                yield
-            finally:
-                self._batch_depth -= 1
-
-    @contextlib.contextmanager
-    def _errors_as_state_errors(self) -> Iterator[None]:
-        try:
-            yield
-        except sqlite3.OperationalError as exc:
-            if "full" in str(exc) or getattr(exc, "sqlite_errorcode", None) == 13:
-                raise StateError(f"state directory {self.directory} is full: {exc}") from None
-            raise StateError(f"state database: {exc}") from None
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                raise StateError(f"state directory {self.directory} is full") from None
-            raise
-
     # -- reported versions -------------------------------------------------------------
 
     @_locked
@@ -477,224 +328,7 @@ class StateStore:
             db.execute("DELETE FROM sidecar_checks WHERE dir = ? AND name = ?", _split(path))
             self._enqueue(db, reports, time.time())
 
-    # -- batches (SPEC 13) -------------------------------------------------------------
-
-    @_locked
-    def reported_batch(self, rule: str, folder: str, group: str) -> ReportedBatch | None:
-        if self.schema_version < 4:
-            return None
-        row = self.db.execute(
-            "SELECT completion, members, data_version, reported_at FROM batches"
-            " WHERE rule = ? AND folder = ? AND grp = ?",
-            (rule, os.fsencode(folder), group),
-        ).fetchone()
-        if row is None:
-            return None
-        return ReportedBatch(row[0], json.loads(row[1]), row[2], row[3])
-
-    def record_batch(
-        self,
-        rule: str,
-        folder: str,
-        group: str,
-        completion: str,
-        members: dict[str, list[int]],
-        data_version: str | None,
-        reports: Iterable[Report],
-    ) -> None:
-        """Store a batch's completion and queue its reports, atomically."""
-        now = time.time()
-        key = (rule, os.fsencode(folder), group)
-        text = json.dumps(members, ensure_ascii=False)
-        with self.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO batches VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (*key, completion, text, data_version, now),
-            )
-            db.execute("DELETE FROM pending_batches WHERE rule = ? AND folder = ? AND grp = ?", key)
-            self._enqueue(db, reports, now)
-
-    def note_pending_batch(
-        self, rule: str, folder: str, group: str, waiting_for: str | None, since: float
-    ) -> None:
-        """Remember what an incomplete batch waits for (None: it waits for nothing)."""
-        key = (rule, os.fsencode(folder), group)
-        with self.transaction() as db:
-            if waiting_for is None:
-                db.execute(
-                    "DELETE FROM pending_batches WHERE rule = ? AND folder = ? AND grp = ?", key
-                )
-                return
-            db.execute(
-                "INSERT OR REPLACE INTO pending_batches VALUES (?, ?, ?, ?, ?, ?)",
-                (*key, waiting_for, since, time.time()),
-            )
-
-    @_locked
-    def pending_batches(self, limit: int = 100) -> list[PendingBatch]:
-        if self.schema_version < 4:
-            return []
-        rows = self.db.execute(
-            "SELECT rule, folder, grp, waiting_for, since, updated_at FROM pending_batches"
-            " ORDER BY since LIMIT ?",
-            (limit,),
-        ).fetchall()
-        return [PendingBatch(r, os.fsdecode(f), g, w, s, u) for r, f, g, w, s, u in rows]
-
-    # -- checksum sidecars (SPEC 14) ---------------------------------------------------
-
-    def note_sidecars(
-        self, path: str, seen: Iterable[SidecarSeen], reports: Iterable[Report] = ()
-    ) -> None:
-        """Remember which sidecar each checksum check of `path` read, and its stat key
-        then; queue `reports` (the evaluations) in the same transaction."""
-        folder, name = _split(path)
-        rows = [(folder, name, s.check_name, os.fsencode(s.sidecar), s.key) for s in seen]
-        with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO sidecar_checks VALUES (?, ?, ?, ?, ?)", rows)
-            self._enqueue(db, reports, time.time())
-
-    @_locked
-    def sidecars_seen(self, path: str) -> dict[str, SidecarSeen]:
-        """What each checksum check of `path` last read, by check name."""
-        if self.schema_version < 4:  # a reader of a database not migrated yet
-            return {}
-        rows = self.db.execute(
-            "SELECT check_name, sidecar, sidecar_key FROM sidecar_checks"
-            " WHERE dir = ? AND name = ?",
-            _split(path),
-        )
-        return {c: SidecarSeen(c, os.fsdecode(s), key) for c, s, key in rows}
-
-    @_locked
-    def sidecar_readers(self, sidecar: str) -> list[str]:
-        """The reported files whose checksum checks read `sidecar`."""
-        rows = self.db.execute(
-            "SELECT DISTINCT dir, name FROM sidecar_checks WHERE sidecar = ?",
-            (os.fsencode(sidecar),),
-        )
-        return [os.fsdecode(d + b"/" + n) for d, n in rows]
-
-    @_locked
-    def missing_sidecars(self, limit: int = 100) -> list[SidecarSeen]:
-        """Checks of reported files whose sidecar was missing when last read (for
-        `status`), as SidecarSeen with `path` set."""
-        if self.schema_version < 4:
-            return []
-        rows = self.db.execute(
-            "SELECT dir, name, check_name, sidecar FROM sidecar_checks"
-            " WHERE sidecar_key IS NULL LIMIT ?",
-            (limit,),
-        )
-        return [
-            SidecarSeen(c, os.fsdecode(s), None, os.fsdecode(d + b"/" + n)) for d, n, c, s in rows
-        ]
-
-    def note_waiting(self, waiting: Sequence[Waiting], now: float) -> None:
-        """Replace what `run` said waits (one meta row, so `status` needs no migration
-        and a stopped agent's last word stays readable)."""
-        kept = sorted(waiting, key=lambda w: w.since)[:WAITING_KEPT]
-        value = json.dumps(
-            {
-                "noted_at": now,
-                "total": len(waiting),
-                # Text as os.fsdecode gives it: json keeps surrogate escapes of odd bytes.
-                "files": [[w.path, w.waits_for, w.what, w.since, w.until] for w in kept],
-            }
-        )
-        with self.transaction() as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (WAITING_KEY, value))
-
-    def waiting(self) -> WaitingFiles | None:
-        """What `run` last said waits (None: it never said)."""
-        value = self.meta(WAITING_KEY)
-        if value is None:
-            return None
-        data = json.loads(value)
-        files = tuple(Waiting(*row) for row in data["files"])
-        return WaitingFiles(data["noted_at"], data["total"], files)
-
-    # -- expected arrivals (SPEC 15) ---------------------------------------------------
-
-    def expectation_since(self, rule: str, now: float) -> float:
-        """Since when `rule`'s expectation is watched: `now` the first time it is asked."""
-        with self.transaction() as db:
-            db.execute("INSERT OR IGNORE INTO expectations VALUES (?, ?)", (rule, now))
-            return float(
-                db.execute("SELECT since FROM expectations WHERE rule = ?", (rule,)).fetchone()[0]
-            )
-
-    @_locked
-    def expectation_started(self, rule: str) -> float | None:
-        """Since when `rule`'s expectation is watched by an agent; None if never yet."""
-        if self.schema_version < 3:
-            return None
-        row = self.db.execute("SELECT since FROM expectations WHERE rule = ?", (rule,)).fetchone()
-        return None if row is None else float(row[0])
-
-    @_locked
-    def windows(self, rule: str, first_due: float, last_due: float) -> dict[int, Window]:
-        """The judged windows of `rule` due in [first_due, last_due], by due time."""
-        if self.schema_version < 3:  # a reader of a database not migrated yet
-            return {}
-        rows = self.db.execute(
-            "SELECT due_at, outcome, arrived_at FROM expected_windows"
-            " WHERE rule = ? AND due_at BETWEEN ? AND ?",
-            (rule, first_due, last_due),
-        )
-        return {due: Window(rule, due, outcome, at) for due, outcome, at in rows}
-
-    def queue_window_reports(self, judged: Sequence[tuple[Window, Report]]) -> int:
-        """Judge windows and queue each one's evaluation (reports that are no file's
-        version), in one transaction; a window judged already keeps its outcome and its
-        report is not queued. Returns how many were queued."""
-        now = time.time()
-        queued = []
-        with self.transaction() as db:
-            for window, report in judged:
-                if self._judge(db, [window], now):
-                    queued.append(report)
-            self._enqueue(db, queued, now)
-            # Pruned against the newest judged window, not the clock: the windows' own times.
-            db.executemany(
-                "DELETE FROM expected_windows WHERE rule = ? AND due_at < "
-                "(SELECT MAX(due_at) FROM expected_windows WHERE rule = ?) - ?",
-                [(rule, rule, WINDOWS_KEPT_SECONDS) for rule in {w.rule for w, _ in judged}],
-            )
-        return len(queued)
-
-    @staticmethod
-    def _judge(db: sqlite3.Connection, windows: Iterable[Window], now: float) -> int:
-        """Insert judged windows; a late file's arrival is added to its missed window."""
-        judged = 0
-        for window in windows:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO expected_windows VALUES (?, ?, ?, ?, ?)",
-                (window.rule, window.due_at, window.outcome, window.arrived_at, now),
-            )
-            judged += cursor.rowcount
-            if not cursor.rowcount and window.arrived_at is not None:
-                db.execute(
-                    "UPDATE expected_windows SET arrived_at = ? WHERE rule = ? AND due_at = ?"
-                    " AND arrived_at IS NULL",
-                    (window.arrived_at, window.rule, window.due_at),
-                )
-        return judged
-
     # -- outbox ------------------------------------------------------------------------
-
-    @staticmethod
-    def _enqueue(db: sqlite3.Connection, reports: Iterable[Report], now: float) -> None:
-        rows = []
-        for report in reports:
-            body = json.dumps(report.body, ensure_ascii=False)
-            added = report.dynamic_partition
-            if added is not None and _partition_add_needless(db, report.order_key, body, added):
-                continue
-            rows.append((report.kind.value, report.order_key, body, now))
-        db.executemany(
-            "INSERT INTO outbox (kind, order_key, body, created_at) VALUES (?, ?, ?, ?)", rows
-        )
 
     def queue_reports(self, reports: Iterable[Report]) -> None:
         """Queue reports that belong to no file version; the caller wakes the deliverer."""
@@ -931,8 +565,3 @@ class StateStore:
         if self.schema_version >= 2:
             aside = self.db.execute("SELECT COUNT(*) FROM set_aside").fetchone()[0]
         return OutboxCounts(tracked, pending, dead, oldest, aside)
-
-    @_locked
-    def meta(self, key: str) -> str | None:
-        row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None

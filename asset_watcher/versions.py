@@ -275,7 +275,7 @@ class Versions:
         marker = rule.marker_for(match)
         if marker is not None and not os.path.lexists(marker):
             return Park(marker)
-        waiting = self.sidecar_wait(rule, match, stat)
+        waiting = sidecar_wait(rule, match, stat, self.clock())
         if waiting is not None:
             return waiting
         # Looked at before the checks read them: a sidecar changing meanwhile is seen again.
@@ -293,13 +293,6 @@ class Versions:
         if content_decides and known is not None and print_.digest == known.digest:
             return Touch(print_.stat)
         return Record(print_, tuple(reports_for_version(rule, match, print_)), sidecars)
-
-    def sidecar_wait(self, rule: Rule, match: FileMatch, stat: FileStat) -> Park | None:
-        """The checksum sidecar the file still waits for: missing (or empty: created, not
-        written yet) while `wait_seconds` have not passed since the file last changed.
-        That is its ctime, the write or the rename into place: the same in `run` and
-        `scan` and across restarts, and never in the future like a sender's mtime."""
-        return sidecar_wait(rule, match, stat, self.clock())
 
     def recheck(self, rule: Rule, match: FileMatch, known: KnownVersion) -> Recheck | None:
         """The checksum checks to evaluate again for a reported, unchanged file: those
@@ -385,9 +378,11 @@ class Versions:
     def record(self, match: FileMatch, decision: Record) -> None:
         print_ = decision.fingerprint
         expectation = self.expectations.get(match.rule_name)
-        # Held from judging the file's window to storing it: the agent's timer judges
-        # closing windows under the same lock, so a window gets one evaluation.
-        with self.store.lock:
+        # One commit, under the store's lock from judging the file's window to storing
+        # it (the agent's timer judges closing windows under the same lock, so a window
+        # gets one evaluation); the sidecars its checks read are stored with it, so a
+        # crash cannot leave a version whose late sidecar would never be looked at.
+        with self.store.batch():
             reports = decision.reports
             windows: tuple[Window, ...] = ()
             if expectation is not None:
@@ -398,13 +393,17 @@ class Versions:
             self.store.record_version(
                 match.path, match.rule_name, print_.stat, print_.digest, reports, windows
             )
-        if decision.sidecars:
-            self.store.note_sidecars(match.path, decision.sidecars)
+            if decision.sidecars:
+                self.store.note_sidecars(match.path, decision.sidecars)
         metrics.file_detected()
 
 
 def sidecar_wait(rule: Rule, match: FileMatch, stat: FileStat, now: float) -> Park | None:
-    """`Versions.sidecar_wait` at `now` (also what `explain` says)."""
+    """The checksum sidecar the file still waits for at `now` (what `decide` parks it
+    for and `explain` says): missing (or empty: created, not written yet) while
+    `wait_seconds` have not passed since the file last changed. That is its ctime, the
+    write or the rename into place: the same in `run` and `scan` and across restarts,
+    and never in the future like a sender's mtime."""
     for check in rule.checksum_checks:
         sidecar = rule.sidecar_for(match, check)
         if sidecar is None or _has_content(sidecar):
